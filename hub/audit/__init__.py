@@ -1,0 +1,1 @@
+"""The append-only audit trail: one timeline per message, never message content."""

@@ -1,0 +1,115 @@
+"""The `hub` command: serve, db, accounts, trust, queue, directory, rules, audit, tokens.
+
+Each feature package contributes its subcommands through `hub/<package>/cli.py: register(subparsers)`; a subcommand
+sets `run=<async function(args, ctx) -> int>`. Errors: HubError subclasses print `hub: error: ...` on stderr and exit
+2 for bad input or configuration, 1 for anything else; 0 on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import asyncpg
+
+from hub import db, settings as settings_mod
+from hub.errors import ConfigError, HubError, InputError
+from hub.settings import Settings
+
+
+@dataclass
+class Context:
+    """What a subcommand gets: settings and database access (the embedded server is started on first use)."""
+
+    settings: Settings
+    _urls: db.Urls | None = field(default=None, repr=False)
+    _migrated: bool = field(default=False, repr=False)
+
+    def urls(self) -> db.Urls:
+        if self._urls is None:
+            self._urls = db.urls(self.settings)
+        return self._urls
+
+    async def ensure_migrated(self) -> None:
+        if not self._migrated:
+            await db.migrate(self.urls().admin)
+            self._migrated = True
+
+    @contextlib.asynccontextmanager
+    async def connection(self, *, admin: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        await self.ensure_migrated()
+        urls = self.urls()
+        conn = await db.connect(urls.admin if admin else urls.runtime, self.settings)
+        await db._init_connection(conn)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def pool(self, **kwargs) -> asyncpg.Pool:
+        await self.ensure_migrated()
+        return await db.create_pool(self.urls().runtime, self.settings, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub", description="Regional MSSanté interoperability hub")
+    parser.add_argument("--config", help="TOML configuration file (default: $HUB_CONFIG)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    from hub import app
+    from hub.intake import cli as intake_cli
+    from hub.queue import cli as queue_cli
+    from hub.directory import cli as directory_cli
+    from hub.rules import cli as rules_cli
+    from hub.audit import cli as audit_cli
+
+    app.register(sub)
+    intake_cli.register(sub)
+    queue_cli.register(sub)
+    directory_cli.register(sub)
+    rules_cli.register(sub)
+    audit_cli.register(sub)
+
+    dbp = sub.add_parser("db", help="database maintenance")
+    dbsub = dbp.add_subparsers(dest="db_command", metavar="ACTION")
+    dbsub.required = True
+    mig = dbsub.add_parser("migrate", help="apply pending migrations")
+    mig.set_defaults(run=_cmd_migrate)
+    return parser
+
+
+async def _cmd_migrate(args, ctx: Context) -> int:
+    applied = await db.migrate(ctx.urls().admin)
+    ctx._migrated = True
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # subcommands may need global --config after the subcommand name too
+    config = getattr(args, "config", None)
+    try:
+        settings = settings_mod.load(config)
+        ctx = Context(settings)
+        if getattr(args, "sync", False):
+            return args.run(args, ctx)
+        return asyncio.run(args.run(args, ctx))
+    except (ConfigError, InputError) as exc:
+        print(f"hub: error: {exc}", file=sys.stderr)
+        return 2
+    except HubError as exc:
+        print(f"hub: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

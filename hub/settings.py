@@ -1,0 +1,259 @@
+"""Typed settings, read once from the TOML file and `HUB_*` environment variables, failing fast with the key name.
+
+Precedence: defaults < TOML file (`--config FILE` or `HUB_CONFIG`) < environment. An environment variable is
+`HUB_<SECTION>_<KEY>` in upper case, e.g. `HUB_DATABASE_URL`, `HUB_SMTP_LISTEN`, `HUB_DELIVERY_CA_FILE`; lists are
+comma-separated. Every key is documented with its default in `deploy/hub.example.toml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HubSection:
+    data_dir: str = "./var"
+    domains: list[str] = field(default_factory=lambda: ["hub.example.org"])
+    # X-MSS-NIL: the software reference ("référence produit") stamped on every message
+    nil: str = "HUB-REGIONAL"
+    # number of `hub serve` processes sharing the SMTP port and the queue; 0 = one per core
+    processes: int = 0
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    url: str = ""                      # empty: embedded PostgreSQL under data_dir/pg
+    pool_min: int = 2
+    pool_max: int = 10
+    connect_timeout: float = 5.0
+    command_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class SmtpSection:
+    listen: str = "127.0.0.1:2525"
+    hostname: str = "hub.example.org"
+    tls_cert: str = ""
+    tls_key: str = ""
+    # CA file used to verify establishments' client certificates (optional; enables certificate login)
+    client_ca_file: str = ""
+    max_message_size: int = 31457280
+    max_recipients: int = 100
+    auth_failures_per_minute: int = 10   # per peer IP, then 421 until the minute passes
+    session_timeout: float = 300.0
+    max_connections: int = 500           # per process
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    listen: str = "127.0.0.1:8025"
+
+
+@dataclass(frozen=True)
+class DeliverySection:
+    client_cert: str = ""
+    client_key: str = ""
+    ca_file: str = ""
+    # domain -> "host:port" static next hops (Postfix transport map); else DNS MX
+    transport: dict[str, str] = field(default_factory=dict)
+    # next hop -> "verify" (default, mutual TLS verified), "encrypt" (TLS, unverified), "none" (plain);
+    # relaxing is refused for trust-space domains (see hub.delivery.nexthop)
+    tls_policy: dict[str, str] = field(default_factory=dict)
+    # domains declared outside the trust space (local archive, print service, benchmark sink)
+    local_domains: list[str] = field(default_factory=list)
+    strict_operator_dn: bool = False
+    connect_timeout: float = 30.0
+    command_timeout: float = 120.0
+    per_destination_concurrency: int = 20
+    workers: int = 50                     # concurrent delivery tasks per process
+    batch_size: int = 100
+    lease_seconds: int = 300
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class QueueSection:
+    first_retry: int = 300                # seconds (Postfix minimal_backoff_time)
+    max_retry_interval: int = 4000        # seconds (Postfix maximal_backoff_time)
+    max_lifetime: int = 432000            # 5 days (Postfix maximal_queue_lifetime)
+    delay_warning: int = 14400            # 4 hours; 0 disables delay notices
+    max_recoveries: int = 5               # a message recovered this many times from a crash goes to dead
+
+
+@dataclass(frozen=True)
+class DirectorySection:
+    resolution_domain: str = ""          # default: "rpps." + first hub domain
+    unresolved: str = "reject"           # "reject" at RCPT time, or "fallback" to the account's fallback mailbox
+
+
+@dataclass(frozen=True)
+class RulesSection:
+    dir: str = "./routing_rules"
+    watch: bool = True
+    watch_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class TransformSection:
+    cda_schema: str = ""                 # path to CDA_extended.xsd; empty: no schema validation
+    loinc_map: str = ""                  # CSV local code -> LOINC
+    hub_oid: str = "1.2.250.1.999.1"     # the hub's OID (XDM sourceId, generated document ids)
+    max_zip_entries: int = 100
+    max_zip_expanded: int = 104857600
+    max_xml_depth: int = 256
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    patient_key_file: str = ""           # secret key for hashing INS; default data_dir/audit.key (created 0600)
+    body_retention_days: int = 30
+    event_retention_days: int = 183
+    purge_interval: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    hub: HubSection = field(default_factory=HubSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    smtp: SmtpSection = field(default_factory=SmtpSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    delivery: DeliverySection = field(default_factory=DeliverySection)
+    queue: QueueSection = field(default_factory=QueueSection)
+    directory: DirectorySection = field(default_factory=DirectorySection)
+    rules: RulesSection = field(default_factory=RulesSection)
+    transform: TransformSection = field(default_factory=TransformSection)
+    audit: AuditSection = field(default_factory=AuditSection)
+    source: str = ""                     # the file read, for messages
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.hub.data_dir)
+
+    @property
+    def resolution_domain(self) -> str:
+        return (self.directory.resolution_domain or f"rpps.{self.hub.domains[0]}").lower()
+
+    def replace(self, **sections: Any) -> "Settings":
+        return dataclasses.replace(self, **sections)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        elif isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    elif origin is dict:
+        if isinstance(value, str):   # env form: "a=b,c=d"
+            pairs = [p for p in value.split(",") if p.strip()]
+            if all("=" in p for p in pairs):
+                return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return dict(value)
+    raise ConfigError(f"setting {key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError naming the bad key."""
+    env = dict(os.environ if env is None else env)
+    path = path or env.get("HUB_CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    top_types = _section_types(Settings)
+    sections: dict[str, Any] = {}
+    for name, kind in top_types.items():
+        if name == "source":
+            continue
+        types = _section_types(kind)
+        given = raw.get(name, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+        values: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in types:
+                raise ConfigError(f"{path}: unknown setting {name}.{key}")
+            values[key] = _coerce(f"{name}.{key}", value, types[key])
+        for key, kind_ in types.items():
+            env_name = f"HUB_{name}_{key}".upper()
+            if env_name in env:
+                values[key] = _coerce(env_name, env[env_name], kind_)
+        sections[name] = kind(**values)
+    unknown = set(raw) - set(top_types)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]")
+    settings = Settings(**sections, source=str(path or ""))
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    for key, listen in (("smtp.listen", s.smtp.listen), ("http.listen", s.http.listen)):
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"setting {key}: expected host:port, got {listen!r}")
+    if bool(s.smtp.tls_cert) != bool(s.smtp.tls_key):
+        raise ConfigError("settings smtp.tls_cert and smtp.tls_key go together")
+    if bool(s.delivery.client_cert) != bool(s.delivery.client_key):
+        raise ConfigError("settings delivery.client_cert and delivery.client_key go together")
+    for dest, policy in s.delivery.tls_policy.items():
+        if policy not in ("verify", "encrypt", "none"):
+            raise ConfigError(f"setting delivery.tls_policy.{dest}: expected verify, encrypt or none, got {policy!r}")
+    for domain, hop in s.delivery.transport.items():
+        host, _, port = hop.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"setting delivery.transport.{domain}: expected host:port, got {hop!r}")
+    if s.directory.unresolved not in ("reject", "fallback"):
+        raise ConfigError(f"setting directory.unresolved: expected reject or fallback, got {s.directory.unresolved!r}")
+    if not s.hub.domains:
+        raise ConfigError("setting hub.domains: at least one domain is needed")
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
