@@ -92,6 +92,10 @@ class QueueSection:
 class DirectorySection:
     resolution_domain: str = ""          # default: "rpps." + first hub domain
     unresolved: str = "reject"           # "reject" at RCPT time, or "fallback" to the account's fallback mailbox
+    # an import is refused when more than this fraction of its lines (and more than 10) are malformed
+    max_rejected_ratio: float = 0.01
+    # an import is refused when it would remove more than this fraction of the current entries (--force overrides)
+    max_shrink_ratio: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ class AuditSection:
     body_retention_days: int = 30
     event_retention_days: int = 183
     purge_interval: float = 3600.0
+    partitions_ahead: int = 2            # monthly audit partitions created ahead of time
+    seal_interval: float = 2.0           # seconds between sealing rounds (hub.audit.chain)
+    seal_batch: int = 50000              # events per seal block at most
+    page_size: int = 50                  # default search page (HTTP and CLI)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ CREATE TABLE recipient (
     last_reply    text,
     resolution    text,                       -- how the directory resolved it
     delay_notified boolean NOT NULL DEFAULT false,
+    recoveries    integer NOT NULL DEFAULT 0,     -- claims whose lease expired without an outcome (crash)
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX recipient_due ON recipient (next_attempt_at) WHERE state = 'queued';

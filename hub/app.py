@@ -1,0 +1,232 @@
+"""The composition root: builds the pool and the services, starts and stops them in order, and `hub serve`.
+
+`hub serve` starts the embedded PostgreSQL when no database URL is set, applies migrations, then runs
+`hub.processes` worker processes (default: one per core). Each process listens on the same SMTP port
+(SO_REUSEPORT: the kernel spreads connections), shares the queue through PostgreSQL (SKIP LOCKED), and runs
+intake, processing and delivery; process 0 also serves HTTP. The parent supervises (restarts a process that
+dies), forwards SIGTERM/SIGINT (graceful: stop accepting, finish transactions in flight, 421 to idle sessions)
+and SIGHUP (rules reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+import structlog
+
+from hub import db, observability as obs
+from hub.settings import Settings, split_hostport
+
+log = structlog.get_logger("hub.app")
+
+
+def _listen_socket(listen: str, reuse_port: bool) -> socket.socket:
+    host, port = split_hostport(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Hub:
+    """One hub process: intake, processing, delivery, and (optionally) HTTP."""
+
+    def __init__(self, settings: Settings, runtime_url: str, *, index: int = 0, http: bool = True,
+                 reuse_port: bool = False):
+        self.settings = settings
+        self.runtime_url = runtime_url
+        self.index = index
+        self.http_enabled = http
+        self.reuse_port = reuse_port
+        self.stop_event = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.smtp_server = None
+        self.http_runner = None
+        self.rules = None
+        self.smtp_port: int | None = None
+        self.http_port: int | None = None
+
+    async def start(self) -> "Hub":
+        from aiosmtpd.smtp import SMTP  # noqa: F401  (import check)
+
+        from hub.delivery.worker import DeliveryWorker
+        from hub.directory.trust import TrustSpace
+        from hub.intake.accounts import AccountBook
+        from hub.intake.handler import IntakeHandler, server_tls_context
+        from hub.intake.protocol import HubSMTP
+        from hub.pipeline import Router
+
+        s = self.settings
+        self.pool = await db.create_pool(self.runtime_url, s)
+        self.trust = TrustSpace(s.hub.domains, s.delivery.local_domains)
+        self.accounts = AccountBook()
+        async with self.pool.acquire() as conn:
+            await self.trust.load(conn)
+            await self.accounts.load(conn)
+        self.router = self._build_router(Router)
+        self.handler = IntakeHandler(settings=s, pool=self.pool, accounts=self.accounts, router=self.router)
+        tls = server_tls_context(s)
+        loop = asyncio.get_running_loop()
+
+        def factory():
+            obs.SMTP_SESSIONS.inc()
+            return HubSMTP(self.handler, hostname=s.smtp.hostname, ident="hub ESMTP", tls_context=tls,
+                           require_starttls=False, auth_require_tls=True, data_size_limit=s.smtp.max_message_size,
+                           enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
+                           command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
+
+        sock = _listen_socket(s.smtp.listen, self.reuse_port)
+        self.smtp_server = await loop.create_server(factory, sock=sock)
+        self.smtp_port = sock.getsockname()[1]
+        self.delivery = DeliveryWorker(s, self.pool, self.trust)
+        self.tasks.append(asyncio.create_task(self.delivery.run(self.stop_event), name="delivery"))
+        for extra in self._extra_tasks():
+            self.tasks.append(asyncio.create_task(extra, name=getattr(extra, "__name__", "task")))
+        if self.http_enabled:
+            await self._start_http()
+        log.info("hub_started", process=self.index, smtp=f"{s.smtp.listen}", smtp_port=self.smtp_port,
+                 http=self.http_port, trust_domains=len(self.trust))
+        return self
+
+    def _build_router(self, router_cls):
+        return router_cls(self.settings, self.trust)
+
+    def _extra_tasks(self):
+        return []
+
+    async def _start_http(self) -> None:
+        from aiohttp import web
+
+        from hub.web.app import build
+
+        app = build(self, self._http_setups())
+        self.http_runner = web.AppRunner(app, access_log=None)
+        await self.http_runner.setup()
+        host, port = split_hostport(self.settings.http.listen)
+        site = web.TCPSite(self.http_runner, host, port, reuse_port=self.reuse_port)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]
+
+    def _http_setups(self):
+        return []
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Graceful: stop accepting, let DATA in flight commit, 421 the rest, finish deliveries in flight."""
+        self.handler.closing = True
+        if self.smtp_server is not None:
+            self.smtp_server.close()
+        deadline = time.monotonic() + grace
+        while self.handler.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.handler.sessions):       # idle sessions: 421 and close
+            if session.transport is not None and not session.transport.is_closing():
+                session.transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+                session.transport.close()
+        if self.smtp_server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.smtp_server.wait_closed(), 5)
+        self.stop_event.set()
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=max(1.0, deadline - time.monotonic()))
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pool.close(), 5)
+        log.info("hub_stopped", process=self.index)
+
+
+async def run_process(settings: Settings, runtime_url: str, index: int, reuse_port: bool) -> None:
+    hub = Hub(settings, runtime_url, index=index, http=(index == 0), reuse_port=reuse_port)
+    await hub.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if hub.rules is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(hub.reload_rules("SIGHUP")))
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    await stop.wait()
+    await hub.stop()
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker process gets SIGKILL when the supervisor dies, so no orphan keeps the port."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
+def serve(settings: Settings) -> int:
+    obs.configure_logging(json=not sys.stderr.isatty())
+    urls = db.urls(settings)
+    asyncio.run(db.migrate(urls.admin))
+    n = settings.hub.processes or os.cpu_count() or 1
+    if n == 1:
+        asyncio.run(run_process(settings, urls.runtime, 0, reuse_port=False))
+        return 0
+    metrics_dir = tempfile.mkdtemp(prefix="hub-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                asyncio.run(run_process(settings, urls.runtime, index, reuse_port=True))
+            except BaseException:
+                log.exception("process_failed", process=index)
+                code = 1
+            os._exit(code)
+        children[pid] = index
+
+    def forward(sig, _frame):
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for i in range(n):
+        spawn(i)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    log.info("supervisor_started", processes=n, pid=os.getpid())
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is not None and not stopping:
+            log.error("process_died", process=index, status=status)
+            time.sleep(1)
+            spawn(index)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the hub (SMTP intake, processing, delivery, HTTP)")
+    p.set_defaults(run=lambda args, ctx: serve(ctx.settings), sync=True)

@@ -1,0 +1,189 @@
+"""The SMTP client side: connections to next hops, kept open and reused, with mandatory STARTTLS and the hub's
+client certificate, and per-recipient outcomes for one SMTP transaction.
+
+Outcomes: `delivered` (2xx after DATA), `temporary` (4xx, timeout, TLS or connection failure), `permanent` (5xx).
+Every call has a timeout; a timeout is temporary, never a hang and never a bounce.
+Settings read: delivery.connect_timeout, delivery.command_timeout, smtp.hostname, delivery.strict_operator_dn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass, field
+
+import aiosmtplib
+from cryptography import x509
+
+from hub.delivery.nexthop import NextHop, client_tls_context
+from hub.errors import TemporaryError
+
+_NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError, EOFError)
+
+
+@dataclass
+class Outcome:
+    kind: str                 # delivered | temporary | permanent
+    reply: str
+
+    @classmethod
+    def from_code(cls, code: int, message: str) -> "Outcome":
+        text = f"{code} {' '.join(message.split())}"
+        if 200 <= code < 300:
+            return cls("delivered", text)
+        if 500 <= code < 600:
+            return cls("permanent", text)
+        return cls("temporary", text)
+
+
+@dataclass
+class Connection:
+    hop: NextHop
+    smtp: aiosmtplib.SMTP
+    tls_version: str | None
+    peer_subject: str | None
+    dsn: bool
+    last_used: float = field(default_factory=time.monotonic)
+    uses: int = 0
+
+
+class ClientPool:
+    max_idle = 30.0
+    max_uses = 1000
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._idle: dict[str, list[Connection]] = {}
+        self._ctx: dict[str, ssl.SSLContext] = {}
+
+    def _tls(self, mode: str) -> ssl.SSLContext:
+        if mode not in self._ctx:
+            self._ctx[mode] = client_tls_context(self.settings, verify=(mode == "verify"))
+        return self._ctx[mode]
+
+    async def acquire(self, hop: NextHop) -> Connection:
+        idle = self._idle.get(hop.key, [])
+        while idle:
+            conn = idle.pop()
+            if time.monotonic() - conn.last_used < self.max_idle and conn.smtp.is_connected:
+                try:
+                    await conn.smtp.rset(timeout=self.settings.delivery.command_timeout)
+                    return conn
+                except _NETWORK_ERRORS:
+                    pass
+            await self._close(conn)
+        return await self._connect(hop)
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        conn.uses += 1
+        conn.last_used = time.monotonic()
+        if reusable and conn.uses < self.max_uses and conn.smtp.is_connected:
+            self._idle.setdefault(conn.hop.key, []).append(conn)
+        else:
+            asyncio.ensure_future(self._close(conn))
+
+    async def _connect(self, hop: NextHop) -> Connection:
+        d = self.settings.delivery
+        smtp = aiosmtplib.SMTP(hostname=hop.host, port=hop.port, start_tls=False, timeout=d.command_timeout,
+                               local_hostname=self.settings.smtp.hostname)
+        try:
+            await asyncio.wait_for(smtp.connect(), d.connect_timeout)
+            await smtp.ehlo()
+            tls_version = subject = None
+            if hop.tls != "none":
+                if not smtp.supports_extension("starttls"):
+                    raise TemporaryError(f"4.7.4 {hop.key} does not offer STARTTLS, which is mandatory")
+                await smtp.starttls(tls_context=self._tls(hop.tls), server_hostname=hop.host)
+                sslobj = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+                if sslobj is not None:
+                    tls_version = sslobj.version()
+                    der = sslobj.getpeercert(binary_form=True)
+                    if der:
+                        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+                await smtp.ehlo()
+            return Connection(hop, smtp, tls_version, subject, smtp.supports_extension("dsn"))
+        except TemporaryError:
+            await self._quit(smtp)
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            await self._quit(smtp)
+            raise TemporaryError(f"4.7.5 TLS certificate of {hop.key} not verified: {exc.verify_message}") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._quit(smtp)
+            raise TemporaryError(f"4.4.2 {hop.key} answered {exc.code} {exc.message}") from None
+        except _NETWORK_ERRORS as exc:
+            await self._quit(smtp)
+            raise TemporaryError(f"4.4.1 cannot connect to {hop.key}: {type(exc).__name__}: {exc}") from None
+
+    async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            smtp.close()
+        except Exception:  # closing a broken connection: nothing to report
+            pass
+
+    async def _close(self, conn: Connection) -> None:
+        try:
+            await asyncio.wait_for(conn.smtp.quit(), 5)
+        except (*_NETWORK_ERRORS, RuntimeError):
+            await self._quit(conn.smtp)
+
+    async def close_all(self) -> None:
+        for conns in self._idle.values():
+            for c in conns:
+                await self._close(c)
+        self._idle.clear()
+
+
+def _xtext(value: str) -> str:
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}" for c in value)
+
+
+async def transact(conn: Connection, mail_from: str, rcpts: list[tuple[int, str, str | None, str | None]],
+                   body: bytes, *, ret: str | None, envid: str | None) -> tuple[dict[int, Outcome], bool]:
+    """One SMTP transaction. rcpts: (row id, address, notify, orcpt). Returns per-row outcomes and whether the
+    connection may be reused."""
+    smtp = conn.smtp
+    outcomes: dict[int, Outcome] = {}
+    mail_opts = []
+    if conn.dsn:
+        if ret:
+            mail_opts.append(f"RET={ret}")
+        if envid:
+            mail_opts.append(f"ENVID={_xtext(envid)}")
+    try:
+        try:
+            await smtp.mail(mail_from, options=mail_opts)
+        except aiosmtplib.SMTPResponseException as exc:
+            o = Outcome.from_code(exc.code, exc.message)
+            await smtp.rset()
+            return {rid: o for rid, *_ in rcpts}, True
+        accepted = []
+        for rid, address, notify, orcpt in rcpts:
+            opts = []
+            if conn.dsn and notify:
+                opts.append(f"NOTIFY={notify}")
+            if conn.dsn and orcpt:
+                opts.append(f"ORCPT={_xtext(orcpt)}")
+            try:
+                await smtp.rcpt(address, options=opts)
+                accepted.append(rid)
+            except aiosmtplib.SMTPResponseException as exc:
+                outcomes[rid] = Outcome.from_code(exc.code, exc.message)
+        if not accepted:
+            await smtp.rset()
+            return outcomes, True
+        try:
+            resp = await smtp.data(body)
+            o = Outcome.from_code(resp.code, resp.message)
+        except aiosmtplib.SMTPResponseException as exc:
+            o = Outcome.from_code(exc.code, exc.message)
+        for rid in accepted:
+            outcomes[rid] = o
+        return outcomes, True
+    except _NETWORK_ERRORS as exc:
+        o = Outcome("temporary", f"4.4.2 connection to {conn.hop.key} lost: {type(exc).__name__}: {exc}")
+        for rid, *_ in rcpts:
+            outcomes.setdefault(rid, o)
+        # a reply lost after DATA was sent: outcome unknown, treat as temporary (at-least-once)
+        return outcomes, False

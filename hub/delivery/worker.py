@@ -1,0 +1,323 @@
+"""The delivery stage: claim due recipients, send each (message, next hop) group in one SMTP transaction over a
+reused mutual-TLS connection, and record per-recipient outcomes, audit events and notifications.
+
+Flow per claimed batch (rows leased with SKIP LOCKED, so several processes share one queue):
+    poison check (recovered too often -> dead) -> authorised? (trust space or local destination, checked again at
+    delivery time: the list may have changed) -> next hop -> transaction -> outcome:
+    delivered | temporary (backoff; expiry turns it permanent) | permanent (bounce DSN)
+Outcomes are written in small batches by one recorder task (group commit); a crash before the write only means the
+recipient is sent again after its lease expires (at-least-once).
+
+One catch-all at the group boundary: an exception escaping a group moves its message to `dead` with the stage and
+the error; the worker keeps running.
+Settings read: delivery.*, queue.*, smtp.hostname.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import asyncpg
+import structlog
+
+from hub import observability as obs
+from hub.audit.store import Event, record
+from hub.db import UNAVAILABLE
+from hub.delivery import dsn
+from hub.delivery.client import ClientPool, Outcome, transact
+from hub.delivery.nexthop import NextHops
+from hub.errors import PermanentError, TemporaryError
+from hub.intake.accounts import dn_key
+from hub.intake.handler import new_message_id
+from hub.intake.store import NewMessage, NewRecipient, insert_message
+from hub.queue import store
+from hub.queue.schedule import Schedule
+
+log = structlog.get_logger("hub.delivery")
+
+
+@dataclass
+class Result:
+    row: asyncpg.Record
+    outcome: Outcome
+    hop: str | None
+    tls: str | None = None
+    peer_subject: str | None = None
+
+
+class DeliveryWorker:
+    def __init__(self, settings, pool: asyncpg.Pool, trust, *, nexthops: NextHops | None = None,
+                 clients: ClientPool | None = None):
+        self.settings = settings
+        self.pool = pool
+        self.trust = trust
+        self.nexthops = nexthops or NextHops(settings, trust)
+        self.clients = clients or ClientPool(settings)
+        self.schedule = Schedule.from_settings(settings.queue)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        d = settings.delivery
+        self._slots = asyncio.Semaphore(d.workers)
+        self._per_dest: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(d.per_destination_concurrency))
+        self._wake = asyncio.Event()
+        self._results: asyncio.Queue[list[Result]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task] = set()
+
+    def wake(self, *_args) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        recorder = asyncio.create_task(self._recorder(stop))
+        listener = None
+        try:
+            while not stop.is_set():
+                if listener is None:
+                    listener = await self._listen()
+                try:
+                    n = await self.fill()
+                except UNAVAILABLE as exc:
+                    log.warning("queue_unavailable", error=str(exc))
+                    listener = await self._drop(listener)
+                    await _wait(stop, 2.0)
+                    continue
+                if n == 0:
+                    self._wake.clear()
+                    await _wait_any(stop, self._wake, self.settings.delivery.poll_interval)
+        finally:
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=30)
+            stop.set()
+            await recorder
+            await self._drop(listener)
+            await self.clients.close_all()
+
+    async def _listen(self):
+        try:
+            conn = await self.pool.acquire()
+            await conn.add_listener("hub_queue", self.wake)
+            return conn
+        except UNAVAILABLE:
+            return None
+
+    async def _drop(self, conn):
+        if conn is not None:
+            try:
+                await conn.remove_listener("hub_queue", self.wake)
+                await self.pool.release(conn)
+            except (*UNAVAILABLE, asyncpg.PostgresError):
+                conn.terminate()
+        return None
+
+    async def fill(self) -> int:
+        """Claim as many due recipients as there are free slots and start their groups; returns rows claimed."""
+        free = self._slots._value
+        if free <= 0:
+            await self._slots.acquire()
+            self._slots.release()
+            return 1
+        async with self.pool.acquire() as conn:
+            rows = await store.claim(conn, min(self.settings.delivery.batch_size, free * 4),
+                                     self.settings.delivery.lease_seconds, self.owner)
+        groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
+        for r in rows:
+            groups[(r["message_id"], r["domain"])].append(r)
+        for rows_ in groups.values():
+            await self._slots.acquire()
+            task = asyncio.create_task(self._run_group(rows_))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(rows)
+
+    async def _run_group(self, rows: list[asyncpg.Record]) -> None:
+        try:
+            results = await self.deliver_group(rows)
+            self._results.put_nowait(results)
+        except Exception as exc:     # the catch-all at the stage boundary
+            log.exception("delivery_crashed", message_id=rows[0]["message_id"])
+            self._results.put_nowait([Result(r, Outcome("dead", f"delivery stage: {type(exc).__name__}: {exc}"),
+                                             None) for r in rows])
+        finally:
+            self._slots.release()
+
+    async def deliver_group(self, rows: list[asyncpg.Record]) -> list[Result]:
+        first = rows[0]
+        domain = first["domain"]
+        limit = self.settings.queue.max_recoveries
+        poisoned = [r for r in rows if r["recoveries"] > limit]
+        if poisoned:
+            return [Result(r, Outcome("dead", f"recovered {r['recoveries']} times from crashed deliveries"), None)
+                    for r in rows]
+        if not (self.trust.is_trusted(domain) or self.trust.is_local(domain)):
+            o = Outcome("permanent", f"550 5.7.1 {domain} is no longer in the MSSanté trust space")
+            return [Result(r, o, None) for r in rows]
+        async with self.pool.acquire() as conn:
+            body = await conn.fetchval("SELECT body FROM message WHERE id = $1", first["message_id"])
+        if body is None:
+            return [Result(r, Outcome("dead", "message body missing"), None) for r in rows]
+        try:
+            hops = await self.nexthops.lookup(domain)
+        except TemporaryError as exc:
+            return [Result(r, Outcome("temporary", str(exc)), None) for r in rows]
+        except PermanentError as exc:
+            return [Result(r, Outcome("permanent", f"550 {exc}"), None) for r in rows]
+        last_error, last_hop = "no next hop", None
+        for hop in hops:
+            last_hop = hop.key
+            async with self._per_dest[hop.key]:
+                started = time.perf_counter()
+                try:
+                    conn = await self.clients.acquire(hop)
+                except TemporaryError as exc:
+                    last_error = str(exc)
+                    continue
+                if self.settings.delivery.strict_operator_dn and self.trust.is_trusted(domain):
+                    listed = {dn_key(d) for d in self.trust.operator_dns(domain)}
+                    if dn_key(conn.peer_subject or "") not in listed:
+                        self.clients.release(conn, False)
+                        last_error = (f"4.7.5 {hop.key} certificate subject {conn.peer_subject!r} is not listed for"
+                                      f" {domain} in the authorised-domains list")
+                        continue
+                outcomes, reusable = await transact(
+                    conn, first["mail_from"], [(r["id"], r["address"], r["notify"], r["orcpt"]) for r in rows],
+                    body, ret=first["ret"], envid=first["envid"])
+                self.clients.release(conn, reusable)
+                obs.DELIVERY_SECONDS.observe(time.perf_counter() - started)
+                return [Result(r, outcomes[r["id"]], hop.key, conn.tls_version, conn.peer_subject) for r in rows]
+        return [Result(r, Outcome("temporary", last_error), last_hop) for r in rows]
+
+    # ---- recording -------------------------------------------------------------------------------------------
+    async def _recorder(self, stop: asyncio.Event) -> None:
+        while True:
+            if stop.is_set() and self._results.empty() and not self._tasks:
+                return
+            try:
+                batch = await asyncio.wait_for(self._results.get(), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            while not self._results.empty() and len(batch) < 500:
+                batch.extend(self._results.get_nowait())
+            for attempt in range(5):
+                try:
+                    await self.record(batch)
+                    break
+                except UNAVAILABLE as exc:
+                    log.warning("outcome_record_failed", error=str(exc), attempt=attempt)
+                    await asyncio.sleep(1 + attempt)
+            # if it never succeeded, the leases expire and the recipients are tried again (at-least-once)
+
+    async def record(self, results: list[Result]) -> None:
+        now = datetime.now(timezone.utc)
+        events: list[Event] = []
+        delivered: list[int] = []
+        bounces: dict[str, list[tuple[asyncpg.Record, Outcome]]] = defaultdict(list)
+        delays: dict[str, list[tuple[asyncpg.Record, Outcome]]] = defaultdict(list)
+        successes: dict[str, list[tuple[asyncpg.Record, Outcome]]] = defaultdict(list)
+        deferred: list[tuple] = []
+        finals: list[tuple] = []
+        dead_messages: dict[str, str] = {}
+        for res in results:
+            r, o = res.row, res.outcome
+            base = dict(message_id=r["message_id"], account=r["account"], sender=r["mail_from"],
+                        recipient=r["address"])
+            if res.hop:
+                events.append(Event("delivery_attempted", facts={
+                    "attempt": r["attempts"] + 1, "next_hop": res.hop, "tls": res.tls,
+                    "peer_certificate": res.peer_subject, "reply": o.reply}, **base))
+            kind = o.kind
+            if kind == "temporary" and self.schedule.expired(r["received_at"], now):
+                kind, o = "permanent", Outcome("permanent", f"{o.reply} (gave up after "
+                                                            f"{self.settings.queue.max_lifetime // 3600} h)")
+            obs.DELIVERIES.labels(kind).inc()
+            log.info(f"delivery_{kind}", message_id=r["message_id"], domain=r["domain"], next_hop=res.hop,
+                     reply=o.reply)
+            if kind == "delivered":
+                delivered.append(r["id"])
+                events.append(Event("delivered", facts={"reply": o.reply, "next_hop": res.hop}, **base))
+                if dsn.wants("success", r["notify"], r["mail_from"]) and "SUCCESS" in (r["notify"] or ""):
+                    successes[r["message_id"]].append((r, o))
+            elif kind == "temporary":
+                notice = (not r["delay_notified"]) and self.schedule.owes_delay_notice(r["received_at"], now) \
+                    and dsn.wants("delay", r["notify"], r["mail_from"])
+                nxt = self.schedule.next_attempt(r["attempts"] + 1, now)
+                deferred.append((r["id"], o.reply, nxt, r["delay_notified"] or notice))
+                events.append(Event("deferred", facts={"reply": o.reply, "next_attempt_at": nxt.isoformat(),
+                                                       "attempt": r["attempts"] + 1}, **base))
+                if notice:
+                    delays[r["message_id"]].append((r, o))
+            elif kind == "permanent":
+                finals.append((r["id"], "bounced", o.reply))
+                events.append(Event("bounced", facts={"reply": o.reply}, **base))
+                if dsn.wants("failure", r["notify"], r["mail_from"]):
+                    bounces[r["message_id"]].append((r, o))
+            else:   # dead
+                finals.append((r["id"], "dead", o.reply))
+                dead_messages[r["message_id"]] = o.reply
+                events.append(Event("dead", facts={"stage": "delivery", "reason": o.reply}, **base))
+                obs.DEAD.labels("delivery").inc()
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                if delivered:
+                    await conn.execute(
+                        "UPDATE recipient SET state = 'delivered', attempts = attempts + 1, last_reply = d.reply,"
+                        " lease_until = NULL, lease_owner = NULL, updated_at = now()"
+                        " FROM unnest($1::bigint[], $2::text[]) AS d(id, reply) WHERE recipient.id = d.id",
+                        delivered, [next(x.outcome.reply for x in results if x.row["id"] == i) for i in delivered])
+                if deferred:
+                    await conn.executemany(
+                        "UPDATE recipient SET attempts = attempts + 1, last_reply = $2, next_attempt_at = $3,"
+                        " lease_until = NULL, lease_owner = NULL, delay_notified = $4, updated_at = now()"
+                        " WHERE id = $1", deferred)
+                if finals:
+                    await conn.executemany(
+                        "UPDATE recipient SET state = $2, attempts = attempts + 1, last_reply = $3,"
+                        " lease_until = NULL, lease_owner = NULL, updated_at = now() WHERE id = $1", finals)
+                for mid, reason in dead_messages.items():
+                    await conn.execute("UPDATE message SET dead_reason = $2, dead_stage = 'delivery' WHERE id = $1",
+                                       mid, reason)
+                for kind, groups in (("failure", bounces), ("delay", delays), ("success", successes)):
+                    for mid, items in groups.items():
+                        events.extend(await self._notify(conn, kind, mid, items))
+                await record(conn, *events)
+                await store.finish_messages(conn, list({res.row["message_id"] for res in results}))
+
+    async def _notify(self, conn, kind: str, message_id: str, items) -> list[Event]:
+        r0 = items[0][0]
+        original = await conn.fetchval("SELECT body FROM message WHERE id = $1", message_id)
+        reports = [dsn.Report(r["address"], r["orcpt"], dsn.status_of(o.reply, kind), o.reply, None)
+                   for r, o in items]
+        body = dsn.build(kind, hostname=self.settings.smtp.hostname, mail_from=r0["mail_from"], original=original,
+                         reports=reports, envid=r0["envid"], ret=r0["ret"], arrival=r0["received_at"],
+                         original_id=message_id)
+        note_id = new_message_id()
+        await insert_message(conn, NewMessage(id=note_id, account=None, mail_from="", body=body,
+                                              recipients=[NewRecipient(r0["mail_from"], r0["mail_from"])]))
+        await conn.execute("SELECT pg_notify('hub_queue', '')")
+        obs.NOTIFICATIONS.labels(kind).inc()
+        return [
+            Event("notification_sent", message_id=message_id, account=r0["account"], sender=r0["mail_from"],
+                  facts={"kind": kind, "notification_id": note_id, "recipients": [r["address"] for r, _ in items]}),
+            Event("received", message_id=note_id, sender="", recipient=r0["mail_from"],
+                  facts={"origin": f"{kind} notification for {message_id}"}),
+        ]
+
+
+async def _wait(stop: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,233 @@
+"""The aiosmtpd handler: intake policy. Who may send (AUTH, client certificate, client network), as whom (MAIL
+FROM allowed for the account), to whom (never an open relay: the trust space, the hub's own domains and the
+configured local destinations only), how much, and the durable acceptance: `250 2.0.0 queued as <id>` only after
+the message, its recipients and the `received` audit event are committed in one transaction; any doubt is
+`451 4.3.0`.
+
+Input trusted: nothing from the client. Settings read: smtp.*, hub.domains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import ssl
+import time
+from email.utils import formatdate
+
+import structlog
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from hub import observability as obs
+from hub.audit.store import Event, record
+from hub.db import UNAVAILABLE
+from hub.errors import HubError, TemporaryError
+from hub.intake import replies
+from hub.intake.accounts import AccountBook
+from hub.intake.auth import CredentialCache, FailureLimiter, verify_password
+from hub.intake.store import NewMessage, insert_message
+from hub.pipeline import Router, RoutedMessage
+
+log = structlog.get_logger("hub.intake")
+
+
+def new_message_id() -> str:
+    """Time-ordered, unique across processes: 11 hex digits of milliseconds + 10 random hex digits."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
+
+
+def peer_subject(server) -> str | None:
+    transport = server.transport
+    if transport is None:
+        return None
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def tls_version(server) -> str | None:
+    transport = server.transport
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    return sslobj.version() if sslobj is not None else None
+
+
+class IntakeHandler:
+    def __init__(self, *, settings, pool, accounts: AccountBook, router: Router):
+        self.settings = settings
+        self.pool = pool
+        self.accounts = accounts
+        self.router = router
+        self.limiter = FailureLimiter(settings.smtp.auth_failures_per_minute)
+        self.creds = CredentialCache()
+        self.closing = False
+        self.in_flight = 0
+        self.sessions: set = set()        # live protocol instances, closed at shutdown
+
+    # ---- session -------------------------------------------------------------------------------------------
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.closing:
+            return [replies.SHUTTING_DOWN]
+        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN", responses[-1]]
+
+    async def authenticate(self, server, session, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        ip = session.peer[0] if session.peer else "?"
+        if self.limiter.blocked(ip):
+            obs.AUTH.labels("blocked").inc()
+            return AuthResult(success=False, handled=False, message=replies.AUTH_TOO_MANY)
+        name = login.decode("utf-8", "replace")
+        secret = password.decode("utf-8", "replace")
+        account = self.accounts.by_name(name)
+        ok = False
+        if account is not None and account.password_hash:
+            if self.creds.get(name, secret, account.password_hash):
+                ok = True
+            else:
+                loop = asyncio.get_running_loop()
+                ok = await loop.run_in_executor(None, verify_password, secret, account.password_hash)
+                if ok:
+                    self.creds.put(name, secret, account.password_hash)
+        if not ok:
+            self.limiter.failed(ip)
+            obs.AUTH.labels("failed").inc()
+            log.info("auth_failed", peer=ip, mechanism=mechanism)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
+        session.hub_account = account
+        obs.AUTH.labels("ok").inc()
+        return AuthResult(success=True, auth_data=LoginPassword(login, b""), message=replies.AUTH_OK)
+
+    def _account_for(self, server, session, mail_from: str):
+        """(account, reply-if-refused)."""
+        account = getattr(session, "hub_account", None)
+        if account is None:
+            subject = peer_subject(server)
+            if subject:
+                account = self.accounts.by_subject(subject)
+        if account is not None:
+            if account.name not in self.accounts._by_name:      # disabled since login
+                return None, replies.AUTH_REQUIRED
+            if mail_from and not account.may_send_as(mail_from):
+                return None, replies.SENDER_NOT_ALLOWED
+            return account, None
+        ip = session.peer[0] if session.peer else ""
+        account, allowed = self.accounts.by_network(ip, mail_from)
+        if account is None:
+            return None, replies.AUTH_REQUIRED
+        if not allowed and mail_from:
+            return None, replies.SENDER_NOT_ALLOWED
+        return account, None
+
+    async def handle_MAIL(self, server, session, envelope, address, dsn):
+        if self.closing:
+            return replies.SHUTTING_DOWN
+        try:
+            await self.accounts.maybe_refresh(self.pool)
+            await self.router.refresh(self.pool)
+        except UNAVAILABLE:
+            pass                                   # keep the last view; DATA will answer 451 if the DB is gone
+        account, refusal = self._account_for(server, session, address)
+        if refusal:
+            obs.SMTP_REPLIES.labels(refusal[:3]).inc()
+            log.info("sender_refused", peer=session.peer[0] if session.peer else None,
+                     account=account.name if account else None, reply=refusal[:9])
+            return refusal
+        envelope.hub_account = account
+        envelope.hub_recipients = []
+        return replies.SENDER_OK
+
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        if self.closing:
+            return replies.SHUTTING_DOWN
+        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            return replies.TOO_MANY_RCPTS
+        try:
+            outcome = await self.router.at_rcpt(self.pool, envelope.hub_account, envelope.mail_from, address,
+                                                options)
+        except (HubError, *UNAVAILABLE) as exc:
+            log.warning("rcpt_check_failed", error=str(exc))
+            return replies.TEMP_FAILURE
+        if outcome.reply is not None:
+            obs.SMTP_REPLIES.labels(outcome.reply[:3]).inc()
+            return outcome.reply
+        envelope.hub_recipients.append(outcome.recipient)
+        envelope.rcpt_tos.append(address)
+        return replies.RCPT_OK
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.closing:
+            return replies.SHUTTING_DOWN
+        self.in_flight += 1
+        started = time.perf_counter()
+        account = envelope.hub_account
+        message_id = new_message_id()
+        try:
+            body = self._received_header(server, session, envelope, message_id) + envelope.content
+            routed: RoutedMessage = self.router.at_data(account, envelope.mail_from, envelope.hub_recipients,
+                                                        body)
+            if routed.reply is not None:
+                obs.SMTP_REPLIES.labels(routed.reply[:3]).inc()
+                return routed.reply
+            dsn = getattr(envelope, "hub_dsn", {}) or {}
+            msg = NewMessage(id=message_id, account=account.name if account else None,
+                             mail_from=envelope.mail_from or "", body=body, recipients=routed.recipients,
+                             state=routed.state, peer=session.peer[0] if session.peer else None,
+                             helo=session.host_name, tls_version=tls_version(server), envid=dsn.get("envid"),
+                             ret=dsn.get("ret"), rule_version=routed.rule_version)
+            received = Event("received", message_id=message_id, account=msg.account, sender=msg.mail_from,
+                             facts={"peer": msg.peer, "helo": msg.helo, "tls": msg.tls_version,
+                                    "size": len(body), "recipients": len(msg.recipients),
+                                    "login": "auth" if getattr(session, "hub_account", None) else
+                                    ("certificate" if peer_subject(server) else "network")})
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    await insert_message(conn, msg)
+                    await record(conn, received, *routed.events(message_id, msg.account, msg.mail_from))
+                    if routed.state == "queued":
+                        await conn.execute("SELECT pg_notify('hub_queue', '')")
+                    else:
+                        await conn.execute("SELECT pg_notify('hub_process', '')")
+        except (TemporaryError, *UNAVAILABLE) as exc:
+            obs.SMTP_REPLIES.labels("451").inc()
+            log.warning("intake_failed", message_id=message_id, error=f"{type(exc).__name__}: {exc}")
+            return replies.TEMP_FAILURE
+        except Exception as exc:   # any doubt is a 4xx: the client keeps the message
+            obs.SMTP_REPLIES.labels("451").inc()
+            log.exception("intake_failed", message_id=message_id, error=f"{type(exc).__name__}: {exc}")
+            return replies.TEMP_FAILURE
+        finally:
+            self.in_flight -= 1
+        obs.RECEIVED.labels(msg.account or "-").inc()
+        obs.INTAKE_SECONDS.observe(time.perf_counter() - started)
+        obs.SMTP_REPLIES.labels("250").inc()
+        log.info("message_queued", message_id=message_id, account=msg.account, size=len(body),
+                 recipients=len(msg.recipients), state=msg.state)
+        return replies.QUEUED.format(id=message_id)
+
+    def _received_header(self, server, session, envelope, message_id: str) -> bytes:
+        peer = session.peer[0] if session.peer else "unknown"
+        proto = "ESMTPS" if tls_version(server) else "ESMTP"
+        if getattr(session, "hub_account", None) is not None:
+            proto += "A"
+        one = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
+        line = (f"Received: from {session.host_name or 'unknown'} ([{peer}])\r\n\tby {self.settings.smtp.hostname}"
+                f" (hub) with {proto} id {message_id}"
+                + (f"\r\n\tfor <{one}>" if one else "") + f"; {formatdate(localtime=True)}\r\n")
+        return line.encode("utf-8", "replace")
+
+
+def server_tls_context(settings) -> ssl.SSLContext | None:
+    if not settings.smtp.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.smtp.tls_cert, settings.smtp.tls_key)
+    if settings.smtp.client_ca_file:
+        ctx.load_verify_locations(settings.smtp.client_ca_file)
+        ctx.verify_mode = ssl.CERT_OPTIONAL      # certificate login for establishments that have one
+    return ctx

@@ -1,0 +1,283 @@
+"""The SMTP protocol engine: aiosmtpd's `SMTP` with four changes, none of them policy.
+
+* DATA is read in large chunks up to the CRLF.CRLF terminator instead of line by line (aiosmtpd's line loop is
+  most of a relay's CPU at 100 KB). Only CRLF.CRLF ends the data (no SMTP smuggling with bare LF or CR); bare LF
+  line ends are normalised to CRLF so no other MTA downstream can read a different message boundary. Dot-stuffing
+  is undone; the size limit is enforced while reading, and the rest is drained before 552 is answered.
+* MAIL and RCPT accept the null sender and the DSN parameters (RFC 3461: RET, ENVID, NOTIFY, ORCPT) besides SIZE
+  and BODY, and hand them to the handler parsed.
+* AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop).
+* Any 421 reply closes the connection.
+Policy lives in hub.intake.handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import re
+from base64 import b64decode
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+
+from hub.intake import replies
+
+_TERMINATOR = b"\r\n.\r\n"
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_ADDR = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
+_XTEXT = re.compile(r"\+([0-9A-F]{2})")
+
+
+def xtext_decode(value: str) -> str:
+    return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), value)
+
+
+def parse_params(text: str) -> dict[str, str | bool] | None:
+    params: dict[str, str | bool] = {}
+    for item in text.split():
+        key, eq, value = item.partition("=")
+        if not key or key.upper() in params:
+            return None
+        params[key.upper()] = value if eq else True
+    return params
+
+
+class HubSMTP(SMTP):
+    read_chunk_limit = 256 * 1024
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        sessions = getattr(self.event_handler, "sessions", None)
+        if sessions is not None:
+            sessions.add(self)
+
+    def connection_lost(self, exc) -> None:
+        sessions = getattr(self.event_handler, "sessions", None)
+        if sessions is not None:
+            sessions.discard(self)
+        super().connection_lost(exc)
+
+    async def push(self, status: str | bytes) -> None:
+        await super().push(status)
+        code = status[:3] if isinstance(status, str) else status[:3].decode("ascii", "replace")
+        if code == "421" and self.transport is not None:
+            self.transport.close()
+
+    # ---- MAIL / RCPT -------------------------------------------------------------------------------------------
+    def _split_path(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
+        if arg is None:
+            return None
+        arg = self._strip_command_keyword(keyword, arg)
+        if arg is None:
+            return None
+        m = _ADDR.match(arg)
+        if not m:
+            return None
+        return m.group(1).strip(), m.group(2)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("MAIL"):
+            return
+        split = self._split_path(arg, "FROM:")
+        if split is None:
+            await self.push(replies.BAD_SYNTAX_MAIL)
+            return
+        address, rest = split
+        if address and ("@" not in address or " " in address or len(address) > 320):
+            await self.push(replies.MALFORMED_ADDRESS)
+            return
+        if self.envelope.mail_from is not None and self.envelope.mail_from is not MISSING \
+                and getattr(self.envelope, "hub_mail_started", False):
+            await self.push(replies.NESTED_MAIL)
+            return
+        params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)
+        if params is None:
+            await self.push(replies.BAD_SYNTAX_MAIL)
+            return
+        body = params.pop("BODY", "7BIT")
+        if body not in ("7BIT", "8BITMIME"):
+            await self.push(replies.BAD_PARAM.format(name="BODY"))
+            return
+        size = params.pop("SIZE", None)
+        if size is not None:
+            if not isinstance(size, str) or not size.isdigit():
+                await self.push(replies.BAD_PARAM.format(name="SIZE"))
+                return
+            if self.data_size_limit and int(size) > self.data_size_limit:
+                await self.push(replies.TOO_BIG)
+                return
+        ret = params.pop("RET", None)
+        if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
+            await self.push(replies.BAD_PARAM.format(name="RET"))
+            return
+        envid = params.pop("ENVID", None)
+        if envid is not None and (not isinstance(envid, str) or len(envid) > 100):
+            await self.push(replies.BAD_PARAM.format(name="ENVID"))
+            return
+        params.pop("SMTPUTF8", None)
+        if params:
+            await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
+            return
+        dsn = {"ret": ret.upper() if isinstance(ret, str) else None,
+               "envid": xtext_decode(envid) if isinstance(envid, str) else None}
+        status = await self._call_handler_hook("MAIL", address, dsn)
+        if status is MISSING or status.startswith("250"):
+            self.envelope.mail_from = address
+            self.envelope.hub_mail_started = True
+            self.envelope.hub_dsn = dsn
+        await self.push(replies.SENDER_OK if status is MISSING else status)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("RCPT"):
+            return
+        if not getattr(self.envelope, "hub_mail_started", False):
+            await self.push(replies.NEED_MAIL)
+            return
+        split = self._split_path(arg, "TO:")
+        if split is None:
+            await self.push(replies.BAD_SYNTAX_RCPT)
+            return
+        address, rest = split
+        if not address or "@" not in address or " " in address or len(address) > 320:
+            await self.push(replies.MALFORMED_ADDRESS)
+            return
+        params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)
+        if params is None:
+            await self.push(replies.BAD_SYNTAX_RCPT)
+            return
+        notify = params.pop("NOTIFY", None)
+        if notify is not None:
+            values = {v.strip().upper() for v in str(notify).split(",")} if isinstance(notify, str) else set()
+            if not values or not values <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"} or \
+                    ("NEVER" in values and len(values) > 1):
+                await self.push(replies.BAD_PARAM.format(name="NOTIFY"))
+                return
+            notify = ",".join(sorted(values))
+        orcpt = params.pop("ORCPT", None)
+        if orcpt is not None and (not isinstance(orcpt, str) or ";" not in orcpt):
+            await self.push(replies.BAD_PARAM.format(name="ORCPT"))
+            return
+        if params:
+            await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
+            return
+        options = {"notify": notify, "orcpt": xtext_decode(orcpt) if isinstance(orcpt, str) else None}
+        status = await self._call_handler_hook("RCPT", address, options)
+        if status is MISSING:
+            self.envelope.rcpt_tos.append(address)
+            status = replies.RCPT_OK
+        await self.push(status)
+
+    def _set_rset_state(self) -> None:
+        super()._set_rset_state()
+        if self.envelope is not None:
+            self.envelope.hub_mail_started = False
+
+    # ---- DATA --------------------------------------------------------------------------------------------------
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT if getattr(self.envelope, "hub_mail_started", False)
+                            else replies.NEED_MAIL)
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.data_size_limit or 0
+        reader = self._reader
+        saved_limit = reader._limit
+        reader._limit = self.read_chunk_limit
+        parts: list[bytes] = []
+        size = 0
+        too_big = False
+        tail = b"\r\n"                        # the CRLF that ended the DATA command line
+        try:
+            while True:
+                try:
+                    chunk = await reader.readuntil(b".\r\n")
+                    done = (tail + chunk)[-5:] == _TERMINATOR
+                except asyncio.LimitOverrunError as exc:
+                    chunk = await reader.readexactly(exc.consumed)
+                    done = False
+                if not too_big:
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if limit and size > limit + 3:
+                        too_big = True
+                        parts.clear()
+                if done:
+                    break
+                tail = (tail + chunk)[-2:]
+        except asyncio.IncompleteReadError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        finally:
+            reader._limit = saved_limit
+        if too_big:
+            self._set_post_data_state()
+            await self.push(replies.TOO_BIG)
+            return
+        raw = b"".join(parts)
+        parts.clear()
+        # strip the terminator: the final ".\r\n" (the CRLF before it belongs to the last line)
+        raw = raw[:-3]
+        if b"\n" in raw and _BARE_LF.search(raw):
+            raw = _BARE_LF.sub(b"\r\n", raw)
+        if raw.startswith(b"."):
+            raw = raw[1:]
+        content = raw.replace(b"\r\n.", b"\r\n")
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    # ---- AUTH --------------------------------------------------------------------------------------------------
+    async def _hub_auth(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        return await self.event_handler.authenticate(self, self.session, mechanism, login, password)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            value = await self.challenge_auth("")
+            if value is MISSING:
+                return AuthResult(success=False)
+        else:
+            try:
+                value = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        try:
+            _, login, password = value.split(b"\x00")
+        except ValueError:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._hub_auth("PLAIN", login, password)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False)
+        return await self._hub_auth("LOGIN", login, password)
+
+
+__all__ = ["HubSMTP", "LoginPassword"]

@@ -1,0 +1,92 @@
+"""SQL for sender accounts and for accepting a message. Connection-first; the caller owns the transaction."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from hub.intake.auth import Account
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(
+        name=row["name"], password_hash=row["password_hash"], cert_subject=row["cert_subject"],
+        networks=tuple(ipaddress.ip_network(n, strict=False) for n in row["networks"]),
+        allow_from=tuple(row["allow_from"]), fallback_mailbox=row["fallback_mailbox"], disabled=row["disabled"])
+
+
+async def all_accounts(conn: asyncpg.Connection) -> list[Account]:
+    return [_account(r) for r in await conn.fetch("SELECT * FROM account ORDER BY name")]
+
+
+async def add_account(conn: asyncpg.Connection, name: str, *, password_hash: str | None, cert_subject: str | None,
+                      networks: list[str], allow_from: list[str], fallback_mailbox: str | None) -> bool:
+    """Create or update; returns True when created."""
+    row = await conn.fetchrow(
+        "INSERT INTO account (name, password_hash, cert_subject, networks, allow_from, fallback_mailbox)"
+        " VALUES ($1, $2, $3, $4::cidr[], $5, $6)"
+        " ON CONFLICT (name) DO UPDATE SET"
+        "  password_hash = COALESCE(EXCLUDED.password_hash, account.password_hash),"
+        "  cert_subject = COALESCE(EXCLUDED.cert_subject, account.cert_subject),"
+        "  networks = CASE WHEN cardinality(EXCLUDED.networks) > 0 THEN EXCLUDED.networks ELSE account.networks END,"
+        "  allow_from = CASE WHEN cardinality(EXCLUDED.allow_from) > 0 THEN EXCLUDED.allow_from"
+        "               ELSE account.allow_from END,"
+        "  fallback_mailbox = COALESCE(EXCLUDED.fallback_mailbox, account.fallback_mailbox),"
+        "  disabled = false, updated_at = now()"
+        " RETURNING (xmax = 0) AS created",
+        name, password_hash, cert_subject, networks, allow_from, fallback_mailbox)
+    return row["created"]
+
+
+async def set_disabled(conn: asyncpg.Connection, name: str, disabled: bool) -> bool:
+    status = await conn.execute("UPDATE account SET disabled = $2, updated_at = now() WHERE name = $1",
+                                name, disabled)
+    return status.endswith(" 1")
+
+
+@dataclass
+class NewRecipient:
+    rcpt: str
+    address: str
+    state: str = "queued"            # or "pending" (processing stage), "held"
+    notify: str | None = None
+    orcpt: str | None = None
+    resolution: str | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+
+@dataclass
+class NewMessage:
+    id: str
+    account: str | None
+    mail_from: str
+    body: bytes
+    recipients: list[NewRecipient]
+    state: str = "queued"
+    peer: str | None = None
+    helo: str | None = None
+    tls_version: str | None = None
+    envid: str | None = None
+    ret: str | None = None
+    rule_version: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+async def insert_message(conn: asyncpg.Connection, m: NewMessage) -> None:
+    await conn.execute(
+        "INSERT INTO message (id, account, mail_from, state, size, body, peer, helo, tls_version, envid, ret,"
+        " rule_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        m.id, m.account, m.mail_from, m.state, len(m.body), m.body, m.peer, m.helo, m.tls_version, m.envid, m.ret,
+        m.rule_version)
+    rs = m.recipients
+    await conn.execute(
+        "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution)"
+        " SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+        " $8::text[])",
+        m.id, [r.rcpt for r in rs], [r.address.lower() for r in rs], [r.domain for r in rs], [r.state for r in rs],
+        [r.notify for r in rs], [r.orcpt for r in rs], [r.resolution for r in rs])

@@ -1,0 +1,73 @@
+"""Queue SQL: claim due recipients with FOR UPDATE SKIP LOCKED and a lease, record outcomes, repair.
+
+A claimed row gets `lease_until`; a worker that dies leaves it to expire, and the row is claimed again (that is
+the at-least-once window: a message delivered but not yet recorded when the worker died is sent again).
+A row recovered more than queue.max_recoveries times goes to `dead` (poison protection)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+
+CLAIM = """
+WITH due AS (
+    SELECT id FROM recipient
+    WHERE state = 'queued' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE recipient r
+SET lease_until = now() + make_interval(secs => $2), lease_owner = $3,
+    recoveries = r.recoveries + (r.lease_until IS NOT NULL)::int
+FROM due, message m
+WHERE r.id = due.id AND m.id = r.message_id
+RETURNING r.id, r.message_id, r.rcpt, r.address, r.domain, r.attempts, r.notify, r.orcpt,
+          r.recoveries, r.delay_notified,
+          m.received_at, m.mail_from, m.envid, m.ret, m.account
+"""
+
+
+async def claim(conn: asyncpg.Connection, limit: int, lease_seconds: int, owner: str) -> list[asyncpg.Record]:
+    return await conn.fetch(CLAIM, limit, float(lease_seconds), owner)
+
+
+async def bodies(conn: asyncpg.Connection, ids: list[str]) -> dict[str, bytes | None]:
+    return {r["id"]: r["body"] for r in await conn.fetch("SELECT id, body FROM message WHERE id = ANY($1)", ids)}
+
+
+async def set_delivered(conn, ids: list[int], reply: str) -> None:
+    await conn.execute(
+        "UPDATE recipient SET state = 'delivered', attempts = attempts + 1, last_reply = $2, lease_until = NULL,"
+        " lease_owner = NULL, updated_at = now() WHERE id = ANY($1)", ids, reply)
+
+
+async def set_deferred(conn, rid: int, reply: str, next_at: datetime, delay_notified: bool) -> None:
+    await conn.execute(
+        "UPDATE recipient SET attempts = attempts + 1, last_reply = $2, next_attempt_at = $3, lease_until = NULL,"
+        " lease_owner = NULL, delay_notified = $4, updated_at = now() WHERE id = $1",
+        rid, reply, next_at, delay_notified)
+
+
+async def set_final(conn, rid: int, state: str, reply: str) -> None:
+    await conn.execute(
+        "UPDATE recipient SET state = $2, attempts = attempts + 1, last_reply = $3, lease_until = NULL,"
+        " lease_owner = NULL, updated_at = now() WHERE id = $1", rid, state, reply)
+
+
+async def finish_messages(conn, message_ids: list[str]) -> list[str]:
+    """Mark messages done when no recipient is still pending or queued; returns those finished now."""
+    rows = await conn.fetch(
+        "UPDATE message m SET state = 'done', finished_at = now()"
+        " WHERE m.id = ANY($1) AND m.state = 'queued' AND NOT EXISTS ("
+        "  SELECT 1 FROM recipient r WHERE r.message_id = m.id AND r.state IN ('pending', 'queued', 'held'))"
+        " RETURNING m.id", message_ids)
+    return [r["id"] for r in rows]
+
+
+async def depth(conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM recipient WHERE state IN ('pending','queued','held')"
+                            " GROUP BY state")
+    return {r["state"]: r["n"] for r in rows}

@@ -1,0 +1,83 @@
+"""The HTTP listener: /healthz, /metrics (Prometheus), and the admin and audit API mounted by feature packages.
+
+/healthz answers 200 with a JSON detail when the database answers and the rule set is valid, else 503 with the
+reason. Errors are JSON: {"error": "..."} with the HTTP status.
+Settings read: http.listen.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from hub.db import UNAVAILABLE
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason}, status=exc.status)
+    except UNAVAILABLE:
+        return web.json_response({"error": "database unavailable"}, status=503)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    hub = request.app["hub"]
+    detail = {"process": os.getpid()}
+    status = 200
+    try:
+        async with hub.pool.acquire(timeout=2) as conn:
+            detail["database"] = "ok"
+            detail["trust_list"] = hub.trust.list_id
+            detail["trust_domains"] = len(hub.trust)
+            detail["queue"] = await conn.fetchval(
+                "SELECT count(*) FROM recipient WHERE state = 'queued'")
+    except UNAVAILABLE as exc:
+        detail["database"] = f"unavailable: {type(exc).__name__}"
+        status = 503
+    rules = getattr(hub, "rules", None)
+    if rules is not None:
+        detail["rules_version"] = getattr(getattr(rules, "current", None), "version", None)
+        error = getattr(rules, "last_error", None)
+        if error:
+            detail["rules"] = f"last reload failed, keeping version {detail['rules_version']}: {error}"
+            status = 503 if status == 200 and detail["rules_version"] is None else status
+        else:
+            detail["rules"] = "ok"
+    if hub.trust.list_id is None:
+        detail["trust"] = "no authorised-domains list imported: only local destinations are deliverable"
+    detail["status"] = "ok" if status == 200 else "failing"
+    return web.json_response(detail, status=status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY as registry
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return web.json_response({"error": f"no such endpoint: {request.path}"}, status=404)
+
+
+def build(hub, extra_setups=()) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
+    app["hub"] = hub
+    app["pool"] = hub.pool
+    app["settings"] = hub.settings
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    for setup in extra_setups:
+        setup(app)
+    return app
