@@ -1,1 +1,19 @@
-"""transform"""
+"""Detection and pure transforms: HPRIM Santé / HPRIM Net / HL7 v2 / CDA R2 / IHE XDM / MSSanté headers.
+
+Public interface (everything else is internal):
+
+    detect(message: bytes) -> Detection            what a message carries (cheap; for the rules engine)
+    content_info(message: bytes) -> ContentInfo    (kind, doc_code, flavour) only
+    build_registry(settings: TransformSection, nil: str) -> Registry
+    Registry.names() -> frozenset[str]
+    Registry.apply(name, message: bytes, params: dict) -> TransformOutcome
+
+Errors: hub.errors.ParseError (malformed input, with `where`), hub.errors.TransformError (no valid document;
+`.steps`, `.validation`). Settings read: the `[transform]` section, passed to `build_registry`. See docs/transform.md.
+"""
+
+from hub.transform.detect import ContentInfo, Detected, Detection, content_info, detect
+from hub.transform.registry import Registry, StepRecord, TransformOutcome, build_registry
+
+__all__ = ["ContentInfo", "Detected", "Detection", "Registry", "StepRecord", "TransformOutcome", "build_registry",
+           "content_info", "detect"]

@@ -1,0 +1,281 @@
+"""The named transform chains registered by `hub.transform.registry.build_registry`.
+
+Each chain: (context, raw RFC 5322 message bytes, params) -> TransformOutcome. Input is untrusted; every CDA the
+hub produces or relays is validated against the CDA schema before it is packaged, or the chain raises TransformError.
+Common params: `now` (datetime or ISO 8601 string, default: the clock), `tz` (default "Europe/Paris"), `body`
+(text of the outgoing mail), `metadata` (dict, see `hub.transform.metadata`). Chain-specific params: docs/transform.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from hub.errors import ParseError, TransformError
+from hub.transform import metadata as md
+from hub.transform.cda import build_n1, finish
+from hub.transform.cda_bio import CHAPTERS, build_cr_bio_n3
+from hub.transform.cda_info import CdaInfo, read_cda
+from hub.transform.cisis import build_ack, read_cisis
+from hub.transform.dates import now_ts
+from hub.transform.detect import classify
+from hub.transform.hl7v2 import parse_er7, read_lab_oru, read_patient, write_oru
+from hub.transform.hprim import parse_hprim_net, parse_hprim_sante
+from hub.transform.mime import Part, walk
+from hub.transform.model import LabReport
+from hub.transform import mss
+from hub.transform.registry import Context, Steps, TransformOutcome
+from hub.transform.xdm import build_xdm, read_xdm
+
+V = "1.0"
+
+
+def _now(params: Mapping[str, Any]) -> datetime:
+    now = params.get("now")
+    if isinstance(now, str):
+        try:
+            now = datetime.fromisoformat(now)
+        except ValueError:
+            raise ParseError(f"invalid now {now!r}", where="params.now") from None
+    if now is None:
+        return datetime.now(timezone.utc)
+    return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+
+
+def _tz(params: Mapping[str, Any]) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(params.get("tz", "Europe/Paris")))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ParseError(f"unknown time zone {params.get('tz')!r}", where="params.tz") from None
+
+
+def _find(parts: list[Part], *kinds: str, flavour: str = "") -> tuple[Part, str] | None:
+    for part in parts:
+        d = _classify(part)
+        if d.kind in kinds and (not flavour or d.flavour == flavour):
+            return part, d.kind
+    return None
+
+
+def _classify(part: Part):
+    """classify() once per part: the Part is frozen, its sniffing result is cached alongside it."""
+    cached = part.__dict__.get("_detected")
+    if cached is None:
+        cached = classify(part)
+        object.__setattr__(part, "_detected", cached)
+    return cached
+
+
+def _metadata(top, parts: list[Part], params: Mapping[str, Any]) -> dict[str, str]:
+    found = _find(parts, "json")
+    layer = md.from_json(found[0].payload()) if found else {}
+    return md.merge(layer, md.from_headers(top), dict(params.get("metadata") or {}))
+
+
+def _cda_step(ctx: Context, steps: Steps, name: str, data_in: bytes, xml: str,
+              warnings: list[str] = ()) -> tuple[bytes, CdaInfo]:
+    try:
+        data, validation, root = finish(xml, ctx.validator)
+    except TransformError as exc:
+        raise steps.fail(name, V, data_in, exc) from None
+    steps.add(name, V, data_in, data, validation, warnings)
+    return data, read_cda(root)
+
+
+def _package(ctx: Context, steps: Steps, top, docs: list[tuple[CdaInfo, bytes]], params: Mapping[str, Any],
+             seed: bytes, now: datetime, *, pdf: tuple[bytes, str] | None = None, to: list[str] | None = None,
+             body: str = "", recipients: list[str] | None = None, ack: bytes | None = None) -> TransformOutcome:
+    submission = now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+    xdm = build_xdm(docs, seed=seed, hub_oid=ctx.hub_oid, submission_time=submission, sender=ctx.nil)
+    steps.add("cda_to_xdm", V, b"".join(d for _, d in docs), xdm)
+    infos = [i for i, _ in docs]
+    text = params.get("body") or body or f"Veuillez trouver ci-joint le document « {infos[0].title} »."
+    message = mss.outgoing(top, infos, xdm, nil=ctx.nil, body_text=text, pdf=pdf[0] if pdf else None,
+                           pdf_name=pdf[1] if pdf else "", to=to)
+    steps.add("mss_message", V, xdm, message)
+    p = infos[0].patient
+    return TransformOutcome(message=message, steps=steps.records, patient_ins=p.ins or None,
+                            patient_ins_oid=p.ins_oid or None, doc_codes=[i.code for i in infos],
+                            recipients=list(recipients or []), ack=ack)
+
+
+def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, oru: bytes, params, seed: bytes, now: datetime,
+                pdf: bytes | None, warnings: list[str]) -> tuple[bytes, CdaInfo]:
+    tz = _tz(params)
+    chapter = str(params.get("chapter", "18719-5"))
+    if chapter not in CHAPTERS:
+        raise ParseError(f"unknown chapter {chapter!r} (one of {', '.join(sorted(CHAPTERS))})", where="params.chapter")
+    if not report.sender.rpps:
+        warnings.append("no RPPS for the validating biologist: author id sent as nullFlavor UNK")
+    if not report.patient.ins_oid:
+        warnings.append("no qualified INS: patient identified by the lab's local id")
+    xml = build_cr_bio_n3(report, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
+                          local_id_root=f"{ctx.hub_oid}.3", local_code_system=f"{ctx.hub_oid}.4", tz=tz,
+                          effective_time=now_ts(tz, now), pdf=pdf, chapter=chapter)
+    return _cda_step(ctx, steps, "oru_to_cda_n3", oru, xml, warnings)
+
+
+def _pdf(parts: list[Part]) -> tuple[bytes, str] | None:
+    found = _find(parts, "pdf")
+    return (found[0].payload(), found[0].filename or "document.pdf") if found else None
+
+
+def hprim_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
+    top, parts = walk(message)
+    found = _find(parts, "hprim_sante", "hprim_net")
+    if found is None:
+        raise TransformError("no HPRIM Santé or HPRIM Net content in the message")
+    part, kind = found
+    raw = part.payload()
+    reports = parse_hprim_sante(raw) if kind == "hprim_sante" else parse_hprim_net(raw)
+    if len(reports) != 1:
+        raise TransformError(f"one patient per message: the HPRIM file has {len(reports)} patients")
+    now = _now(params)
+    report = md.complete_report(reports[0], _metadata(top, parts, params))
+    report, warnings = ctx.loinc.apply(report)
+    seed = hashlib.sha256(message).digest()
+    oru = write_oru(report, control_id=seed.hex()[:20], now=now.astimezone(_tz(params)).strftime("%Y%m%d%H%M%S"))
+    steps = Steps()
+    steps.add(f"{kind}_to_oru", V, raw, oru, "not_validated", warnings)
+    lab = read_lab_oru(parse_er7(oru))
+    pdf = _pdf(parts)
+    data, info = _lab_to_cda(ctx, steps, lab, oru, params, seed, now, pdf[0] if pdf else None, [])
+    return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=pdf)
+
+
+def hl7_oru_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
+    top, parts = walk(message)
+    found = _find(parts, "hl7_oru", flavour="lab3")
+    if found is None:
+        raise TransformError("no structured HL7 v2 ORU^R01 (LAB-3) in the message")
+    raw = found[0].payload()
+    report = md.complete_report(read_lab_oru(parse_er7(raw)), _metadata(top, parts, params))
+    report, warnings = ctx.loinc.apply(report)
+    seed, now, steps = hashlib.sha256(message).digest(), _now(params), Steps()
+    pdf = _pdf(parts)
+    data, info = _lab_to_cda(ctx, steps, report, raw, params, seed, now, pdf[0] if pdf else None, warnings)
+    return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=pdf)
+
+
+def cisis_hl7_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
+    top, parts = walk(message)
+    found = _find(parts, "hl7_oru", "hl7_mdm", flavour="cisis")
+    if found is None:
+        raise TransformError("no CI-SIS HL7 v2 message carrying a CDA in the message")
+    raw = found[0].payload()
+    msg = parse_er7(raw)
+    request = read_cisis(msg, read_patient(msg).ins)
+    steps, now = Steps(), _now(params)
+    docs = []
+    for doc in request.documents:
+        if doc.status == "D":
+            raise TransformError(f"OBX-11 D (delete) at {doc.where}: a deletion cannot be relayed as an XDM")
+        root = ctx.xml.parse(doc.cda, f"CDA in {doc.where}")
+        validation = ctx.validator.validate(root)
+        warnings = list(request.warnings) if not docs else []
+        if doc.status == "C":
+            warnings.append(f"{doc.where}: replacement (OBX-11 C); RPLC association not added to the XDM")
+        if validation.startswith("invalid"):
+            err = TransformError(f"CDA carried in {doc.where} does not validate: {validation}")
+            err.validation = validation
+            raise steps.fail("cisis_extract_cda", V, raw, err)
+        steps.add("cisis_extract_cda", V, raw, doc.cda, validation, warnings)
+        docs.append((read_cda(root), doc.cda))
+    ack = build_ack(msg, now=now.astimezone(_tz(params)).strftime("%Y%m%d%H%M%S"))
+    to = list(request.recipients) or None
+    return _package(ctx, steps, top, docs, params, hashlib.sha256(message).digest(), now, pdf=_pdf(parts), to=to,
+                    body=request.body, recipients=list(request.recipients), ack=ack)
+
+
+def pdf_to_cda_n1_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
+    top, parts = walk(message)
+    found = _find(parts, "pdf")
+    if found is None:
+        raise TransformError("no PDF attachment in the message")
+    pdf, pdf_name = found[0].payload(), found[0].filename or "document.pdf"
+    tz, now = _tz(params), _now(params)
+    meta = md.document_meta(_metadata(top, parts, params), doc_code=str(params.get("doc_code", "11490-0")),
+                            title=str(params.get("title", "")), now=now_ts(tz, now))
+    seed, steps = hashlib.sha256(message).digest(), Steps()
+    try:
+        xml = build_n1(meta, pdf, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
+                       local_id_root=f"{ctx.hub_oid}.3", tz=tz)
+    except TransformError as exc:
+        raise steps.fail("pdf_to_cda_n1", V, pdf, exc) from None
+    warnings = [] if meta.patient.qualified_ins else ["INS not qualified: X-MSS-INS will be N"]
+    data, info = _cda_step(ctx, steps, "pdf_to_cda_n1", pdf, xml, warnings)
+    return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=(pdf, pdf_name))
+
+
+def cda_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
+    top, parts = walk(message)
+    docs, steps = [], Steps()
+    for part in parts:
+        if _classify(part).kind != "cda":
+            continue
+        raw = part.payload()
+        root = ctx.xml.parse(raw, f"CDA part {part.index}")
+        validation = ctx.validator.validate(root)
+        if validation.startswith("invalid"):
+            err = TransformError(f"CDA in part {part.index} does not validate: {validation}")
+            err.validation = validation
+            raise steps.fail("cda_validate", V, raw, err)
+        steps.add("cda_validate", V, raw, raw, validation)
+        docs.append((read_cda(root), raw))
+    if not docs:
+        raise TransformError("no CDA document in the message")
+    patients = {(i.patient.ins, i.patient.family, i.patient.birth_date) for i, _ in docs}
+    if len(patients) > 1:
+        raise TransformError("one patient per message: the CDAs name different patients")
+    return _package(ctx, steps, top, docs, params, hashlib.sha256(message).digest(), _now(params), pdf=_pdf(parts))
+
+
+def mss_headers(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
+    """Add X-MSS-CODECDA / X-MSS-INS / X-MSS-NIL computed from the XDM already attached; body untouched."""
+    top, parts = walk(message)
+    found = _find(parts, "xdm")
+    infos = []
+    steps = Steps()
+    if found is not None:
+        content = read_xdm(found[0].payload(), max_entries=ctx.max_zip_entries,
+                           max_expanded=ctx.max_zip_expanded, xml=ctx.xml)
+        for doc in content.documents:
+            root = ctx.xml.parse(doc.data, doc.path)
+            steps.add("xdm_read_cda", V, doc.data, doc.data, ctx.validator.validate(root))
+            infos.append(read_cda(root))
+    out = replace_headers(message, mss.mss_headers(infos, ctx.nil))
+    steps.add("mss_headers", V, message, out)
+    p = infos[0].patient if infos else None
+    return TransformOutcome(message=out, steps=steps.records, patient_ins=(p.ins or None) if p else None,
+                            patient_ins_oid=(p.ins_oid or None) if p else None, doc_codes=[i.code for i in infos])
+
+
+def replace_headers(message: bytes, headers: list[tuple[str, str]]) -> bytes:
+    """Drop existing headers of those names (with folded lines) and put the new ones first."""
+    names = {n.lower().encode() for n, _ in headers}
+    end = message.find(b"\r\n\r\n")
+    end = message.find(b"\n\n") if end < 0 else end
+    head, rest = (message, b"") if end < 0 else (message[:end], message[end:])
+    kept, skipping = [], False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.split(b":", 1)[0].strip().lower() in names
+        if not skipping:
+            kept.append(line)
+    new = b"".join(f"{n}: {v}\r\n".encode("utf-8") for n, v in headers)
+    return new + b"".join(kept) + rest
+
+
+CHAINS = {
+    "hprim_to_cda_xdm": hprim_to_cda_xdm,
+    "hl7_oru_to_cda_xdm": hl7_oru_to_cda_xdm,
+    "cisis_hl7_to_xdm": cisis_hl7_to_xdm,
+    "pdf_to_cda_n1_xdm": pdf_to_cda_n1_xdm,
+    "cda_to_xdm": cda_to_xdm,
+    "mss_headers": mss_headers,
+}

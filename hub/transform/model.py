@@ -1,0 +1,118 @@
+"""The in-house model every lab parser produces and every CDA builder consumes.
+
+HPRIM Santé, HPRIM Net and HL7 v2 LAB-3 ORU all land in `LabReport`; the PDF chain lands in `DocumentMeta`.
+Plain frozen dataclasses: no parsing, no I/O, no settings. Dates are kept as the sender wrote them, normalised to
+`YYYYMMDD[HHMM[SS]]` digits (time zone added at CDA build time, see `hub.transform.cda_common.hl7_ts`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+# Production and test INS OIDs (FORMATS.md §4.5)
+INS_NIR = "1.2.250.1.213.1.4.8"
+INS_NIA = "1.2.250.1.213.1.4.9"
+INS_NIR_TEST = "1.2.250.1.213.1.4.10"
+INS_NIA_TEST = "1.2.250.1.213.1.4.11"
+INS_OIDS = frozenset({INS_NIR, INS_NIA, INS_NIR_TEST, INS_NIA_TEST})
+OID_RPPS = "1.2.250.1.71.4.2.1"       # IdNatPS, extension 8+RPPS
+OID_STRUCT = "1.2.250.1.71.4.2.2"     # IdNatStruct, extension 1+FINESS
+LOINC = "2.16.840.1.113883.6.1"
+_NIR = re.compile(r"[1-478]\d{4}(?:\d{2}|2[AB])\d{8}")
+
+
+def is_nir(value: str) -> bool:
+    """15-character NIR/NIA shape (sex, year, month, department incl. 2A/2B, commune, order, key)."""
+    return bool(_NIR.fullmatch(value))
+
+
+@dataclass(frozen=True)
+class Patient:
+    local_id: str = ""                # id at the sender (lab file / IPP)
+    ins: str = ""                     # 15-character INS (NIR or NIA) when known
+    ins_oid: str = ""                 # one of INS_OIDS when the sender asserted an INS
+    family: str = ""                  # birth name
+    given: str = ""                   # birth first names, space separated (first one = first given name)
+    used_family: str = ""
+    birth_date: str = ""              # YYYYMMDD
+    sex: str = ""                     # M / F / U
+    address: tuple[str, ...] = ()     # street, city, postcode
+
+    @property
+    def first_given(self) -> str:
+        return self.given.split(" ")[0] if self.given else ""
+
+    @property
+    def qualified_ins(self) -> bool:
+        """MSSanté "INS qualifié": number + OID + birth name + first given + birth date + sex (MSSANTE.md §3.1)."""
+        return bool(len(self.ins) == 15 and self.ins_oid in INS_OIDS and self.family and self.first_given
+                    and len(self.birth_date) == 8 and self.sex in ("M", "F", "U"))
+
+
+@dataclass(frozen=True)
+class Party:
+    """A person (RPPS) and/or an organisation (FINESS)."""
+    rpps: str = ""                    # 11-digit RPPS, without the leading 8
+    family: str = ""
+    given: str = ""
+    local_code: str = ""              # code at the sender when no RPPS
+    org_finess: str = ""              # 9-digit FINESS, without the leading 1
+    org_name: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    local_code: str
+    label: str
+    value: str
+    value_type: str = "NM"            # NM, ST, TX, CE, SN
+    unit: str = ""
+    range_low: str = ""
+    range_high: str = ""
+    range_text: str = ""
+    flag: str = ""                    # N, L, H, LL, HH, A, AA
+    status: str = "F"
+    observed_at: str = ""             # YYYYMMDD[HHMM[SS]]
+    comments: tuple[str, ...] = ()
+    code_system: str = "L"            # "L" local, "LN" LOINC
+    loinc: str = ""
+    loinc_label: str = ""
+    ucum: str = ""
+
+
+@dataclass(frozen=True)
+class LabReport:
+    patient: Patient
+    sender: Party                     # the laboratory (and validating biologist if known)
+    requester: Party = field(default_factory=Party)
+    receiver: Party = field(default_factory=Party)
+    order_id: str = ""
+    lab_file: str = ""
+    collected_at: str = ""
+    received_at: str = ""
+    report_date: str = ""
+    results: tuple[Result, ...] = ()
+    comments: tuple[str, ...] = ()
+    status: str = "F"
+    source: str = ""                  # "hprim_sante", "hprim_net", "hl7_oru"
+
+    def with_results(self, results: tuple[Result, ...]) -> "LabReport":
+        return replace(self, results=results)
+
+
+@dataclass(frozen=True)
+class DocumentMeta:
+    """Header of a CDA built by the hub (N1 from a PDF; also used to complete lab reports)."""
+    patient: Patient
+    author: Party
+    doc_code: str = "11490-0"
+    doc_label: str = ""
+    title: str = ""
+    effective_time: str = ""          # creation time
+    service_start: str = ""
+    service_stop: str = ""
+    confidentiality: str = "N"
+    facility_code: str = "SA01"
+    practice_setting: str = "ETABLISSEMENT"
+    author_specialty: str = ""        # e.g. G15_10/SM26

@@ -1,0 +1,118 @@
+"""The registry of named transform chains: `build_registry(settings, nil) -> Registry`, then
+`registry.apply(name, message, params) -> TransformOutcome`.
+
+Built once by the composition root (no module-level registry): it compiles the CDA schema and reads the LOINC map
+(settings `transform.cda_schema`, `transform.loinc_map`, `transform.hub_oid`, `transform.max_zip_entries`,
+`transform.max_zip_expanded`, `transform.max_xml_depth`) and the NIL value (`hub.nil`). `apply` is a pure, CPU-bound
+function (run it off the event loop). Errors: ParseError for malformed input, TransformError when no valid document
+can be produced (its `.steps` and `.validation` say why); any foreign exception is mapped to TransformError here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from types import MappingProxyType
+
+from hub.errors import HubError, TransformError
+from hub.settings import TransformSection
+from hub.transform.loinc import LoincMap
+from hub.transform.xmlsafe import CdaValidator, SafeXml
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    version: str
+    input_sha256: str
+    output_sha256: str
+    validation: str                    # "valid" | "invalid: <first error>" | "not_validated"
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransformOutcome:
+    message: bytes
+    steps: list[StepRecord]
+    patient_ins: str | None = None     # for the audit's keyed hash only: never log it
+    patient_ins_oid: str | None = None
+    doc_codes: list[str] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)
+    ack: bytes | None = None           # HL7 ACK to return to a CI-SIS sender
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for s in self.steps for w in s.warnings]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a chain may use; immutable, shared by every call."""
+    hub_oid: str
+    nil: str
+    validator: CdaValidator
+    xml: SafeXml
+    loinc: LoincMap
+    max_zip_entries: int
+    max_zip_expanded: int
+
+
+class Steps:
+    """Collects StepRecords while a chain runs."""
+
+    def __init__(self) -> None:
+        self.records: list[StepRecord] = []
+        self._hashes: dict[int, tuple[bytes, str]] = {}    # one output is the next step's input: hash it once
+
+    def sha256(self, data: bytes) -> str:
+        known = self._hashes.get(id(data))
+        if known is not None and known[0] is data:
+            return known[1]
+        digest = hashlib.sha256(data).hexdigest()
+        self._hashes[id(data)] = (data, digest)
+        return digest
+
+    def add(self, name: str, version: str, data_in: bytes, data_out: bytes, validation: str = "not_validated",
+            warnings: list[str] | tuple[str, ...] = ()) -> None:
+        self.records.append(StepRecord(name, version, self.sha256(data_in), self.sha256(data_out), validation,
+                                       tuple(warnings)))
+
+    def fail(self, name: str, version: str, data_in: bytes, exc: TransformError) -> TransformError:
+        validation = getattr(exc, "validation", "") or f"invalid: {exc}"
+        self.records.append(StepRecord(name, version, self.sha256(data_in), "", validation, ()))
+        exc.steps = list(self.records)
+        exc.validation = validation
+        return exc
+
+
+Chain = Callable[[Context, bytes, Mapping[str, Any]], TransformOutcome]
+
+
+class Registry:
+    def __init__(self, chains: Mapping[str, Chain], context: Context):
+        self._chains = MappingProxyType(dict(chains))
+        self.context = context
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._chains)
+
+    def apply(self, name: str, message: bytes, params: Mapping[str, Any] | None = None) -> TransformOutcome:
+        chain = self._chains.get(name)
+        if chain is None:
+            raise TransformError(f"unknown transform chain {name!r} (known: {', '.join(sorted(self._chains))})")
+        try:
+            return chain(self.context, message, params or {})
+        except HubError:
+            raise
+        except Exception as exc:     # the stage boundary: no foreign exception goes further
+            raise TransformError(f"chain {name} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def build_registry(settings: TransformSection, nil: str) -> Registry:
+    from hub.transform.chains import CHAINS
+
+    context = Context(hub_oid=settings.hub_oid, nil=nil, validator=CdaValidator(settings.cda_schema),
+                      xml=SafeXml(settings.max_xml_depth), loinc=LoincMap.from_file(settings.loinc_map),
+                      max_zip_entries=settings.max_zip_entries, max_zip_expanded=settings.max_zip_expanded)
+    return Registry(CHAINS, context)

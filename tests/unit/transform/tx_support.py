@@ -1,0 +1,49 @@
+"""Helpers shared by the transform tests (imported by name: this folder is on sys.path under pytest's
+default import mode)."""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+SHARED = REPO.parent / "shared"
+if not SHARED.exists():
+    SHARED = Path(os.environ.get("HUB_SHARED", "../shared")).resolve()
+SAMPLES = SHARED / "samples"
+XSD = SHARED / "schemas" / "cda" / "CDA_extended.xsd"
+NOW = datetime(2025, 1, 15, 10, 30, tzinfo=timezone.utc)
+V3 = {"h": "urn:hl7-org:v3"}
+
+LOINC_CSV = """local_code,loinc_code,loinc_label,ucum_unit
+# glucose and creatinine
+GLY,14749-6,Glucose [Moles/volume] Sérum/Plasma,mmol/L
+CREA,14682-9,Créatinine [Moles/volume] Sérum/Plasma,umol/L
+"""
+
+
+def mail(*parts: tuple[bytes, str, str], headers: str = "") -> bytes:
+    """multipart/mixed message: text body + parts (payload, content type, filename), base64."""
+    head = ("From: lab@labo.example.mssante.fr\r\nTo: dr.house@medecin.mssante.fr\r\nSubject: resultats\r\n"
+            "Message-ID: <abc@labo.example>\r\nDate: Wed, 15 Jan 2025 10:30:00 +0100\r\nX-Hub-Secret: internal\r\n"
+            f"{headers}MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"BOUND\"\r\n\r\n"
+            "--BOUND\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nBonjour\r\n")
+    out = head.encode()
+    for payload, ctype, name in parts:
+        out += (f'--BOUND\r\nContent-Type: {ctype}; name="{name}"\r\nContent-Transfer-Encoding: base64\r\n'
+                f'Content-Disposition: attachment; filename="{name}"\r\n\r\n').encode()
+        out += base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    return out + b"--BOUND--\r\n"
+
+
+def sample(rel: str) -> bytes:
+    return (SAMPLES / rel).read_bytes()
+
+
+def make_pdf(size: int = 2000) -> bytes:
+    body = os.urandom(size)
+    return (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n2 0 obj\n<< /Length "
+            + str(len(body)).encode() + b" /Filter /FlateDecode >>\nstream\n" + body
+            + b"\nendstream\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n")
