@@ -90,7 +90,7 @@ class Hub:
         sock = _listen_socket(s.smtp.listen, self.reuse_port)
         self.smtp_server = await loop.create_server(factory, sock=sock)
         self.smtp_port = sock.getsockname()[1]
-        self.delivery = DeliveryWorker(s, self.pool, self.trust)
+        self.delivery = DeliveryWorker(s, self.pool, self.trust, listen_url=self.runtime_url)
         self.tasks.append(asyncio.create_task(self.delivery.run(self.stop_event), name="delivery"))
         for extra in self._extra_tasks():
             self.tasks.append(asyncio.create_task(extra, name=getattr(extra, "__name__", "task")))
@@ -175,6 +175,14 @@ def serve(settings: Settings) -> int:
     obs.configure_logging(json=not sys.stderr.isatty())
     urls = db.urls(settings)
     asyncio.run(db.migrate(urls.admin))
+    try:
+        return _supervise(settings, urls)
+    finally:
+        if not settings.database.url:       # the embedded server lives and dies with `hub serve`
+            db.Embedded(settings.data_dir).stop()
+
+
+def _supervise(settings: Settings, urls: db.Urls) -> int:
     n = settings.hub.processes or os.cpu_count() or 1
     if n == 1:
         asyncio.run(run_process(settings, urls.runtime, 0, reuse_port=False))

@@ -107,19 +107,14 @@ async def conn(database):
 
 
 @pytest.fixture(autouse=True)
-def fail_on_loop_exceptions():
-    """Fail the test if the event loop saw an unhandled exception."""
+async def fail_on_loop_exceptions():
+    """Fail the test if the event loop saw an unhandled exception (asyncpg's _testbase habit)."""
+    loop = asyncio.get_running_loop()
     seen: list[dict] = []
-    try:
-        loop = asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        loop = None
-    previous = loop.get_exception_handler() if loop else None
-    if loop:
-        loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
     yield
-    if loop:
-        loop.set_exception_handler(previous)
+    loop.set_exception_handler(previous)
     if seen:
         pytest.fail(f"unhandled exception in the event loop: {seen[0].get('message')} {seen[0].get('exception')!r}")
 

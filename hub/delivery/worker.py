@@ -40,6 +40,7 @@ from hub.queue import store
 from hub.queue.schedule import Schedule
 
 log = structlog.get_logger("hub.delivery")
+ACQUIRE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -53,8 +54,9 @@ class Result:
 
 class DeliveryWorker:
     def __init__(self, settings, pool: asyncpg.Pool, trust, *, nexthops: NextHops | None = None,
-                 clients: ClientPool | None = None):
+                 clients: ClientPool | None = None, listen_url: str | None = None):
         self.settings = settings
+        self.listen_url = listen_url
         self.pool = pool
         self.trust = trust
         self.nexthops = nexthops or NextHops(settings, trust)
@@ -77,12 +79,19 @@ class DeliveryWorker:
         listener = None
         try:
             while not stop.is_set():
-                if listener is None:
-                    listener = await self._listen()
                 try:
+                    if listener is not None and listener.is_closed():
+                        listener = await self._drop(listener)
+                    if listener is None:
+                        listener = await self._listen()
                     n = await self.fill()
                 except UNAVAILABLE as exc:
-                    log.warning("queue_unavailable", error=str(exc))
+                    log.warning("queue_unavailable", error=f"{type(exc).__name__}: {exc}")
+                    listener = await self._drop(listener)
+                    await _wait(stop, 2.0)
+                    continue
+                except Exception:      # a bug must not stop deliveries: log, pause, carry on
+                    log.exception("delivery_loop_failed")
                     listener = await self._drop(listener)
                     await _wait(stop, 2.0)
                     continue
@@ -98,19 +107,24 @@ class DeliveryWorker:
             await self.clients.close_all()
 
     async def _listen(self):
+        """A dedicated connection LISTENing on hub_queue, so new mail is sent at once (polling is the fallback)."""
+        if not self.listen_url:
+            return None
+        conn = None
         try:
-            conn = await self.pool.acquire()
+            conn = await asyncpg.connect(self.listen_url, timeout=ACQUIRE_TIMEOUT)
             await conn.add_listener("hub_queue", self.wake)
             return conn
-        except UNAVAILABLE:
+        except Exception as exc:       # no listener: polling still works
+            log.warning("queue_listen_failed", error=f"{type(exc).__name__}: {exc}")
+            await self._drop(conn)
             return None
 
     async def _drop(self, conn):
         if conn is not None:
             try:
-                await conn.remove_listener("hub_queue", self.wake)
-                await self.pool.release(conn)
-            except (*UNAVAILABLE, asyncpg.PostgresError):
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:           # a broken connection: make sure it is gone
                 conn.terminate()
         return None
 
@@ -121,7 +135,7 @@ class DeliveryWorker:
             await self._slots.acquire()
             self._slots.release()
             return 1
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await store.claim(conn, min(self.settings.delivery.batch_size, free * 4),
                                      self.settings.delivery.lease_seconds, self.owner)
         groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
@@ -138,6 +152,11 @@ class DeliveryWorker:
         try:
             results = await self.deliver_group(rows)
             self._results.put_nowait(results)
+        except (TemporaryError, *UNAVAILABLE) as exc:
+            # not the message's fault (database or local trouble): try again soon, without counting an attempt
+            log.warning("delivery_postponed", message_id=rows[0]["message_id"], error=f"{type(exc).__name__}: {exc}")
+            self._results.put_nowait([Result(r, Outcome("retry", f"4.3.0 postponed: {type(exc).__name__}"), None)
+                                      for r in rows])
         except Exception as exc:     # the catch-all at the stage boundary
             log.exception("delivery_crashed", message_id=rows[0]["message_id"])
             self._results.put_nowait([Result(r, Outcome("dead", f"delivery stage: {type(exc).__name__}: {exc}"),
@@ -156,7 +175,7 @@ class DeliveryWorker:
         if not (self.trust.is_trusted(domain) or self.trust.is_local(domain)):
             o = Outcome("permanent", f"550 5.7.1 {domain} is no longer in the MSSanté trust space")
             return [Result(r, o, None) for r in rows]
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             body = await conn.fetchval("SELECT body FROM message WHERE id = $1", first["message_id"])
         if body is None:
             return [Result(r, Outcome("dead", "message body missing"), None) for r in rows]
@@ -221,8 +240,13 @@ class DeliveryWorker:
         deferred: list[tuple] = []
         finals: list[tuple] = []
         dead_messages: dict[str, str] = {}
+        retry: list[int] = []
+        replies: dict[int, str] = {}
         for res in results:
             r, o = res.row, res.outcome
+            if o.kind == "retry":
+                retry.append(r["id"])
+                continue
             base = dict(message_id=r["message_id"], account=r["account"], sender=r["mail_from"],
                         recipient=r["address"])
             if res.hop:
@@ -238,6 +262,7 @@ class DeliveryWorker:
                      reply=o.reply)
             if kind == "delivered":
                 delivered.append(r["id"])
+                replies[r["id"]] = o.reply
                 events.append(Event("delivered", facts={"reply": o.reply, "next_hop": res.hop}, **base))
                 if dsn.wants("success", r["notify"], r["mail_from"]) and "SUCCESS" in (r["notify"] or ""):
                     successes[r["message_id"]].append((r, o))
@@ -260,14 +285,18 @@ class DeliveryWorker:
                 dead_messages[r["message_id"]] = o.reply
                 events.append(Event("dead", facts={"stage": "delivery", "reason": o.reply}, **base))
                 obs.DEAD.labels("delivery").inc()
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             async with conn.transaction():
+                if retry:
+                    await conn.execute(
+                        "UPDATE recipient SET lease_until = NULL, lease_owner = NULL,"
+                        " next_attempt_at = now() + interval '5 seconds' WHERE id = ANY($1)", retry)
                 if delivered:
                     await conn.execute(
                         "UPDATE recipient SET state = 'delivered', attempts = attempts + 1, last_reply = d.reply,"
                         " lease_until = NULL, lease_owner = NULL, updated_at = now()"
                         " FROM unnest($1::bigint[], $2::text[]) AS d(id, reply) WHERE recipient.id = d.id",
-                        delivered, [next(x.outcome.reply for x in results if x.row["id"] == i) for i in delivered])
+                        delivered, [replies[i] for i in delivered])
                 if deferred:
                     await conn.executemany(
                         "UPDATE recipient SET attempts = attempts + 1, last_reply = $2, next_attempt_at = $3,"
