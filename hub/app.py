@@ -27,6 +27,13 @@ from hub.settings import Settings, split_hostport
 log = structlog.get_logger("hub.app")
 
 
+def _detector(body: bytes) -> tuple[str | None, str | None]:
+    from hub.transform import content_info
+
+    info = content_info(body)
+    return info.kind, info.doc_code
+
+
 def _listen_socket(listen: str, reuse_port: bool) -> socket.socket:
     host, port = split_hostport(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -75,6 +82,7 @@ class Hub:
         async with self.pool.acquire() as conn:
             await self.trust.load(conn)
             await self.accounts.load(conn)
+        await self._start_services()
         self.router = self._build_router(Router)
         self.handler = IntakeHandler(settings=s, pool=self.pool, accounts=self.accounts, router=self.router)
         tls = server_tls_context(s)
@@ -101,10 +109,47 @@ class Hub:
         return self
 
     def _build_router(self, router_cls):
-        return router_cls(self.settings, self.trust)
+        from hub.directory.resolve import Resolver
+
+        resolver = Resolver(resolution_domain=self.settings.resolution_domain, hub_domains=self.settings.hub.domains,
+                            is_trusted_domain=self.trust.is_trusted)
+        return router_cls(self.settings, self.trust, resolver=resolver, rules=self.rules, detector=_detector)
+
+    async def _start_services(self) -> None:
+        """Rules (validated, versioned), transformations, the audit key: before intake opens."""
+        from hub.audit.patient import load_patient_key, patient_key
+        from hub.rules import RulesService, transform_names
+        from hub.transform.registry import build_registry
+
+        s = self.settings
+        self.registry = build_registry(s.transform, s.hub.nil)
+        self.rules = RulesService(s.rules, self.registry.names(), version_gauge=obs.RULES_VERSION,
+                                  error_gauge=obs.RULES_FAILED)
+        async with self.pool.acquire() as conn:
+            await self.rules.start(conn, actor=f"hub process {self.index}")
+        key = load_patient_key(s)
+        self.patient_key = lambda ins: patient_key(ins, key)
+        self.patient_secret = key
 
     def _extra_tasks(self):
-        return []
+        from hub.audit.chain import AuditSealer
+        from hub.audit.retention import retention_loop
+        from hub.queue.processor import Processor
+
+        s = self.settings
+        self.processor = Processor(s, self.pool, self.registry, patient_key=self.patient_key)
+        tasks = [self.processor.run(self.stop_event), self.rules.watch(self.pool)]
+        if self.index == 0:       # one sealer and one retention job per hub process group (advisory locks too)
+            tasks.append(AuditSealer(interval=s.audit.seal_interval, batch=s.audit.seal_batch)
+                         .run(self.pool, self.stop_event))
+            tasks.append(retention_loop(self.pool, s, self.stop_event))
+        return tasks
+
+    async def reload_rules(self, actor: str) -> None:
+        async with self.pool.acquire() as conn:
+            result = await self.rules.reload(conn, actor=actor)
+        log.info("rules_reloaded" if result.ok else "rules_reload_failed", version=result.version,
+                 changed=result.changed, errors=[str(e) for e in result.errors][:5])
 
     async def _start_http(self) -> None:
         from aiohttp import web
@@ -120,7 +165,12 @@ class Hub:
         self.http_port = site._server.sockets[0].getsockname()[1]
 
     def _http_setups(self):
-        return []
+        from hub.web import admin, audit_api
+
+        def patient(app):
+            app["patient_key"] = self.patient_secret
+
+        return [patient, audit_api.setup, admin.setup]
 
     async def stop(self, grace: float = 30.0) -> None:
         """Graceful: stop accepting, let DATA in flight commit, 421 the rest, finish deliveries in flight."""
@@ -139,7 +189,11 @@ class Hub:
                 await asyncio.wait_for(self.smtp_server.wait_closed(), 5)
         self.stop_event.set()
         if self.tasks:
-            await asyncio.wait(self.tasks, timeout=max(1.0, deadline - time.monotonic()))
+            done, pending = await asyncio.wait(self.tasks, timeout=max(1.0, deadline - time.monotonic()))
+            for t in pending:               # watchers that run until cancelled
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         with contextlib.suppress(Exception):
@@ -154,10 +208,7 @@ async def run_process(settings: Settings, runtime_url: str, index: int, reuse_po
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    if hub.rules is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(hub.reload_rules("SIGHUP")))
-    else:
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(hub.reload_rules("SIGHUP")))
     await stop.wait()
     await hub.stop()
 

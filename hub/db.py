@@ -274,9 +274,10 @@ async def migrate(admin_url: str, runtime_role: str | None = RUNTIME_ROLE) -> li
     try:
         await conn.execute("SELECT pg_advisory_lock(727001)")
         try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+            if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+                await conn.execute(
+                    "CREATE TABLE schema_migrations ("
+                    " version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
             for number, name, sql in migration_files():
                 if number in done:
@@ -286,7 +287,9 @@ async def migrate(admin_url: str, runtime_role: str | None = RUNTIME_ROLE) -> li
                     await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                                        number, name)
                 applied_now.append(name)
-            if runtime_role:
+            role_missing = runtime_role and not await conn.fetchval(
+                "SELECT 1 FROM pg_roles WHERE rolname = $1", runtime_role)
+            if runtime_role and (applied_now or role_missing):
                 await _grant_runtime(conn, runtime_role)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(727001)")

@@ -26,7 +26,9 @@ NOTIFICATIONS = Counter("hub_notifications_total", "Delivery status notification
 DEAD = Counter("hub_messages_dead_total", "Messages moved to the dead state", ["stage"])
 QUEUE_DEPTH = Gauge("hub_queue_recipients", "Recipients by state (sampled)", ["state"],
                     multiprocess_mode="liveall")
-RULES_VALID = Gauge("hub_rules_last_reload_ok", "1 when the last rules reload succeeded", multiprocess_mode="min")
+RULES_VERSION = Gauge("hub_rules_version", "Active routing rule-set version", multiprocess_mode="max")
+RULES_FAILED = Gauge("hub_rules_reload_failed", "1 while the rule files on disk are invalid (last good set kept)",
+                     multiprocess_mode="max")
 PROCESSED = Counter("hub_messages_processed_total", "Messages through the processing stage", ["outcome"])
 
 

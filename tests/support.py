@@ -17,6 +17,9 @@ from aiosmtpd.smtp import SMTP as AioSMTP
 from cryptography import x509
 
 
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -242,7 +245,8 @@ def settings_for(tmp_path, database_url: str, pki, transport: dict[str, int], **
                                    tls_policy={"ch-test.example": "none"}, local_domains=["ch-test.example"],
                                    poll_interval=0.2, connect_timeout=5, command_timeout=10),
         queue=S.QueueSection(first_retry=1, max_retry_interval=2, max_lifetime=3600, delay_warning=0),
-        rules=S.RulesSection(dir=str(tmp_path / "rules"), watch=False),
+        rules=S.RulesSection(dir=str(Path(__file__).resolve().parents[1] / "routing_rules"), watch=False),
+        transform=S.TransformSection(cda_schema=str(SHARED / "schemas" / "cda" / "CDA_extended.xsd")),
     )
     replaced = {}
     for name, values in sections.items():

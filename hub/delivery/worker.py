@@ -31,11 +31,10 @@ from hub.audit.store import Event, record
 from hub.db import UNAVAILABLE
 from hub.delivery import dsn
 from hub.delivery.client import ClientPool, Outcome, transact
+from hub.delivery.notify import enqueue_notification
 from hub.delivery.nexthop import NextHops
 from hub.errors import PermanentError, TemporaryError
 from hub.intake.accounts import dn_key
-from hub.intake.handler import new_message_id
-from hub.intake.store import NewMessage, NewRecipient, insert_message
 from hub.queue import store
 from hub.queue.schedule import Schedule
 
@@ -138,9 +137,9 @@ class DeliveryWorker:
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await store.claim(conn, min(self.settings.delivery.batch_size, free * 4),
                                      self.settings.delivery.lease_seconds, self.owner)
-        groups: dict[tuple[str, str], list[asyncpg.Record]] = defaultdict(list)
+        groups: dict[tuple, list[asyncpg.Record]] = defaultdict(list)
         for r in rows:
-            groups[(r["message_id"], r["domain"])].append(r)
+            groups[(r["message_id"], r["domain"], r["variant_id"])].append(r)
         for rows_ in groups.values():
             await self._slots.acquire()
             task = asyncio.create_task(self._run_group(rows_))
@@ -176,7 +175,10 @@ class DeliveryWorker:
             o = Outcome("permanent", f"550 5.7.1 {domain} is no longer in the MSSanté trust space")
             return [Result(r, o, None) for r in rows]
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            body = await conn.fetchval("SELECT body FROM message WHERE id = $1", first["message_id"])
+            if first["variant_id"] is not None:
+                body = await conn.fetchval("SELECT body FROM message_variant WHERE id = $1", first["variant_id"])
+            else:
+                body = await conn.fetchval("SELECT body FROM message WHERE id = $1", first["message_id"])
         if body is None:
             return [Result(r, Outcome("dead", "message body missing"), None) for r in rows]
         try:
@@ -316,24 +318,7 @@ class DeliveryWorker:
                 await store.finish_messages(conn, list({res.row["message_id"] for res in results}))
 
     async def _notify(self, conn, kind: str, message_id: str, items) -> list[Event]:
-        r0 = items[0][0]
-        original = await conn.fetchval("SELECT body FROM message WHERE id = $1", message_id)
-        reports = [dsn.Report(r["address"], r["orcpt"], dsn.status_of(o.reply, kind), o.reply, None)
-                   for r, o in items]
-        body = dsn.build(kind, hostname=self.settings.smtp.hostname, mail_from=r0["mail_from"], original=original,
-                         reports=reports, envid=r0["envid"], ret=r0["ret"], arrival=r0["received_at"],
-                         original_id=message_id)
-        note_id = new_message_id()
-        await insert_message(conn, NewMessage(id=note_id, account=None, mail_from="", body=body,
-                                              recipients=[NewRecipient(r0["mail_from"], r0["mail_from"])]))
-        await conn.execute("SELECT pg_notify('hub_queue', '')")
-        obs.NOTIFICATIONS.labels(kind).inc()
-        return [
-            Event("notification_sent", message_id=message_id, account=r0["account"], sender=r0["mail_from"],
-                  facts={"kind": kind, "notification_id": note_id, "recipients": [r["address"] for r, _ in items]}),
-            Event("received", message_id=note_id, sender="", recipient=r0["mail_from"],
-                  facts={"origin": f"{kind} notification for {message_id}"}),
-        ]
+        return await enqueue_notification(conn, self.settings.smtp.hostname, kind, message_id, items)
 
 
 async def _wait(stop: asyncio.Event, timeout: float) -> None:

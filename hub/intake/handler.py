@@ -10,7 +10,7 @@ Input trusted: nothing from the client. Settings read: smtp.*, hub.domains.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import re
 import ssl
 import time
 from email.utils import formatdate
@@ -20,6 +20,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from hub import observability as obs
 from hub.audit.store import Event, record
+from hub.delivery.notify import new_message_id
 from hub.db import UNAVAILABLE
 from hub.errors import HubError, TemporaryError
 from hub.intake import replies
@@ -29,11 +30,7 @@ from hub.intake.store import NewMessage, insert_message
 from hub.pipeline import Router, RoutedMessage
 
 log = structlog.get_logger("hub.intake")
-
-
-def new_message_id() -> str:
-    """Time-ordered, unique across processes: 11 hex digits of milliseconds + 10 random hex digits."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
+_NIL = re.compile(rb"\r\nx-mss-nil:", re.IGNORECASE)
 
 
 def peer_subject(server) -> str | None:
@@ -139,6 +136,7 @@ class IntakeHandler:
             return refusal
         envelope.hub_account = account
         envelope.hub_recipients = []
+        envelope.hub_ruleset = self.router.ruleset()       # one rule-set version for the whole message
         return replies.SENDER_OK
 
     async def handle_RCPT(self, server, session, envelope, address, options):
@@ -148,7 +146,7 @@ class IntakeHandler:
             return replies.TOO_MANY_RCPTS
         try:
             outcome = await self.router.at_rcpt(self.pool, envelope.hub_account, envelope.mail_from, address,
-                                                options)
+                                                options, envelope.hub_ruleset)
         except (HubError, *UNAVAILABLE) as exc:
             log.warning("rcpt_check_failed", error=str(exc))
             return replies.TEMP_FAILURE
@@ -169,7 +167,7 @@ class IntakeHandler:
         try:
             body = self._received_header(server, session, envelope, message_id) + envelope.content
             routed: RoutedMessage = self.router.at_data(account, envelope.mail_from, envelope.hub_recipients,
-                                                        body)
+                                                        body, envelope.hub_ruleset)
             if routed.reply is not None:
                 obs.SMTP_REPLIES.labels(routed.reply[:3]).inc()
                 return routed.reply
@@ -218,7 +216,11 @@ class IntakeHandler:
         line = (f"Received: from {session.host_name or 'unknown'} ([{peer}])\r\n\tby {self.settings.smtp.hostname}"
                 f" (hub) with {proto} id {message_id}"
                 + (f"\r\n\tfor <{one}>" if one else "") + f"; {formatdate(localtime=True)}\r\n")
-        return line.encode("utf-8", "replace")
+        stamp = line.encode("utf-8", "replace")
+        head = envelope.content.split(b"\r\n\r\n", 1)[0]
+        if not _NIL.search(b"\r\n" + head):
+            stamp += f"X-MSS-NIL: {self.settings.hub.nil}\r\n".encode("ascii", "replace")
+        return stamp
 
 
 def server_tls_context(settings) -> ssl.SSLContext | None:

@@ -54,6 +54,9 @@ class NewRecipient:
     notify: str | None = None
     orcpt: str | None = None
     resolution: str | None = None
+    plan: dict | None = None         # processing plan for state "pending"
+    rule_id: str | None = None
+    facts: dict = field(default_factory=dict)   # resolution facts for the audit trail (not stored as such)
 
     @property
     def domain(self) -> str:
@@ -85,8 +88,9 @@ async def insert_message(conn: asyncpg.Connection, m: NewMessage) -> None:
         m.rule_version)
     rs = m.recipients
     await conn.execute(
-        "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution)"
+        "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution, plan, rule_id)"
         " SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
-        " $8::text[])",
+        " $8::text[], $9::jsonb[], $10::text[])",
         m.id, [r.rcpt for r in rs], [r.address.lower() for r in rs], [r.domain for r in rs], [r.state for r in rs],
-        [r.notify for r in rs], [r.orcpt for r in rs], [r.resolution for r in rs])
+        [r.notify for r in rs], [r.orcpt for r in rs], [r.resolution for r in rs], [r.plan for r in rs],
+        [r.rule_id for r in rs])

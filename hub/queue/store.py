@@ -25,7 +25,7 @@ SET lease_until = now() + make_interval(secs => $2), lease_owner = $3,
 FROM due, message m
 WHERE r.id = due.id AND m.id = r.message_id
 RETURNING r.id, r.message_id, r.rcpt, r.address, r.domain, r.attempts, r.notify, r.orcpt,
-          r.recoveries, r.delay_notified,
+          r.recoveries, r.delay_notified, r.variant_id,
           m.received_at, m.mail_from, m.envid, m.ret, m.account
 """
 
