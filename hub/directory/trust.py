@@ -120,10 +120,10 @@ async def import_list(conn: asyncpg.Connection, path: Path, *, force: bool = Fal
         list_id = await conn.fetchval(
             "INSERT INTO trust_list (generated_at, source, sha256, entries, domains) VALUES ($1, $2, $3, $4, $5)"
             " RETURNING id", parsed.generated_at, str(path), parsed.sha256, len(parsed.entries), len(domains))
-        unique = {(e.domain, e.operator_dn): e for e in parsed.entries}
         await conn.copy_records_to_table(
-            "trust_domain", columns=["list_id", "domain", "operator_dn", "description", "updated"],
-            records=[(list_id, e.domain, e.operator_dn, e.description, e.updated) for e in unique.values()])
+            "trust_domain", columns=["list_id", "position", "domain", "operator_dn", "description", "updated"],
+            records=[(list_id, i, e.domain, e.operator_dn, e.description, e.updated)
+                     for i, e in enumerate(parsed.entries, start=1)])
         await conn.execute("UPDATE trust_list SET current = false WHERE current")
         await conn.execute("UPDATE trust_list SET current = true WHERE id = $1", list_id)
         result = ImportResult(list_id, len(parsed.entries), len(domains), len(domains - old), len(old - domains),

@@ -26,14 +26,16 @@ CREATE TABLE trust_list (
 );
 CREATE UNIQUE INDEX trust_list_one_current ON trust_list (current) WHERE current;
 
-CREATE TABLE trust_domain (
+CREATE TABLE trust_domain (              -- every <Domaine> entry as published, duplicates included
     list_id       integer NOT NULL REFERENCES trust_list(id) ON DELETE CASCADE,
+    position      integer NOT NULL,           -- entry number in the file
     domain        text NOT NULL,              -- lower case, IDNA (ASCII) form
     operator_dn   text NOT NULL DEFAULT '',
     description   text NOT NULL DEFAULT '',
     updated       timestamptz,
-    PRIMARY KEY (list_id, domain, operator_dn)
+    PRIMARY KEY (list_id, position)
 );
+CREATE INDEX trust_domain_domain ON trust_domain (list_id, domain);
 
 -- A message as accepted. `body` is purged once final and past retention (see hub.audit retention).
 CREATE TABLE message (

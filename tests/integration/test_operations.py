@@ -1,0 +1,98 @@
+"""Operations: health and metrics over HTTP, delay notices, the strict operator-certificate check, dead letters."""
+
+import email
+import json
+import urllib.error
+import urllib.request
+
+import asyncio
+
+from tests.integration.conftest import PASSWORD
+from tests.support import Client, Peer, free_port, message, wait_for
+
+SENDER = "dpi@ch-test.example"
+
+
+def get(url, token=None):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+async def test_health_metrics_and_admin_auth(start_hub, peer, pki):
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    base = f"http://127.0.0.1:{hub.http_port}"
+    code, body = await asyncio.to_thread(get, base + "/healthz")
+    health = json.loads(body)
+    assert code == 200 and health["database"] == "ok" and health["trust_domains"] == 4
+    await Client(hub.smtp_port, pki["ca_file"], user="ch-test", password=PASSWORD).send(
+        SENDER, ["a@medecin.mssante.fr"], message())
+    code, body = await asyncio.to_thread(get, base + "/metrics")
+    assert code == 200 and b'hub_messages_received_total{account="ch-test"} 1.0' in body
+    code, body = await asyncio.to_thread(get, base + "/api/queue")
+    assert code == 401 and "error" in json.loads(body)
+    code, body = await asyncio.to_thread(get, base + "/api/queue", "not-a-token")
+    assert code == 401 and "error" in json.loads(body)
+    code, body = await asyncio.to_thread(get, base + "/nope")
+    assert code == 404 and "error" in json.loads(body)
+
+
+async def test_delay_notice_once_while_retrying(start_hub, sender_mta, conn, pki):
+    hub = await start_hub({"down.mssante.fr": free_port(), "ch-test.example": sender_mta.port_},
+                          queue={"delay_warning": 1})
+    code, text = await Client(hub.smtp_port, pki["ca_file"], user="ch-test", password=PASSWORD).send(
+        SENDER, ["x@down.mssante.fr"], message())
+    await wait_for(lambda: sender_mta.messages, timeout=30)
+    note = email.message_from_bytes(sender_mta.messages[0].content)
+    status = [p for p in note.walk() if p.get_content_type() == "message/delivery-status"][0]
+    assert [dict(b) for b in status.get_payload()][1]["Action"] == "delayed"
+    mid = text.rsplit(" ", 1)[1]
+    await wait_for(lambda: conn.fetchval("SELECT attempts >= 3 FROM recipient WHERE message_id = $1", mid), timeout=30)
+    assert len(sender_mta.messages) == 1          # one delay notice, not one per attempt
+    assert await conn.fetchval("SELECT state FROM recipient WHERE message_id = $1", mid) == "queued"
+
+
+async def test_strict_mode_refuses_a_peer_whose_certificate_is_not_listed(start_hub, pki, conn, tmp_path):
+    other = Peer(pki, server_cert=pki["hub_server"])      # valid certificate from the CA, but not the listed DN
+    other.start()
+    try:
+        hub = await start_hub({"medecin.mssante.fr": other.port_}, delivery={"strict_operator_dn": True})
+        code, text = await Client(hub.smtp_port, pki["ca_file"], user="ch-test", password=PASSWORD).send(
+            SENDER, ["a@medecin.mssante.fr"], message())
+        mid = text.rsplit(" ", 1)[1]
+        await wait_for(lambda: conn.fetchval("SELECT attempts > 0 FROM recipient WHERE message_id = $1", mid))
+        assert (await conn.fetchval("SELECT last_reply FROM recipient WHERE message_id = $1", mid)).startswith("4.7.5")
+        assert not other.messages
+    finally:
+        other.stop()
+
+
+async def test_poison_message_goes_dead_and_the_worker_carries_on(start_hub, peer, conn, pki):
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    c = Client(hub.smtp_port, pki["ca_file"], user="ch-test", password=PASSWORD)
+    # a message whose deliveries keep crashing the worker: simulate the crashes' trace (recoveries)
+    await hub.stop(grace=1)
+    hub2 = None
+    code, _ = 0, ""
+    from hub.app import Hub
+    hub2 = await Hub(hub.settings, hub.runtime_url).start()
+    try:
+        code, text = await Client(hub2.smtp_port, pki["ca_file"], user="ch-test", password=PASSWORD).send(
+            SENDER, ["a@medecin.mssante.fr"], message("good"))
+        await wait_for(lambda: peer.messages)
+        await conn.execute("INSERT INTO message (id, mail_from, state, size, body) VALUES ('poison', 'x@ch-test.example',"
+                           " 'queued', 1, 'x')")
+        await conn.execute("INSERT INTO recipient (message_id, rcpt, address, domain, state, recoveries)"
+                           " VALUES ('poison', 'a@medecin.mssante.fr', 'a@medecin.mssante.fr', 'medecin.mssante.fr',"
+                           " 'queued', 99)")
+        await conn.execute("NOTIFY hub_queue")
+        await wait_for(lambda: conn.fetchval("SELECT state = 'dead' FROM recipient WHERE message_id = 'poison'"))
+        assert "recovered" in await conn.fetchval("SELECT dead_reason FROM message WHERE id = 'poison'")
+        code, _ = await Client(hub2.smtp_port, pki["ca_file"], user="ch-test", password=PASSWORD).send(
+            SENDER, ["b@medecin.mssante.fr"], message("after"))
+        await wait_for(lambda: len(peer.messages) == 2)
+    finally:
+        await hub2.stop(grace=1)
