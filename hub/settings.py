@@ -1,8 +1,8 @@
 """Typed settings, read once from the TOML file and `HUB_*` environment variables, failing fast with the key name.
 
 Precedence: defaults < TOML file (`--config FILE` or `HUB_CONFIG`) < environment. An environment variable is
-`HUB_<SECTION>_<KEY>` in upper case, e.g. `HUB_DATABASE_URL`, `HUB_SMTP_LISTEN`, `HUB_DELIVERY_CA_FILE`; lists are
-comma-separated. Every key is documented with its default in `deploy/hub.example.toml`.
+`HUB_<SECTION>_<KEY>` in upper case, e.g. `HUB_DATABASE_URL`, `HUB_SMTP_LISTEN`, `HUB_DELIVERY_CA_FILE` (for the
+[hub] section also `HUB_DATA_DIR`, `HUB_DOMAINS`...); lists are comma-separated, tables `key=value,key=value`. Every key is documented with its default in `deploy/hub.example.toml`.
 """
 
 from __future__ import annotations
@@ -229,8 +229,11 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
             values[key] = _coerce(f"{name}.{key}", value, types[key])
         for key, kind_ in types.items():
             env_name = f"HUB_{name}_{key}".upper()
+            short = f"HUB_{key}".upper() if name == "hub" else None     # HUB_DATA_DIR, HUB_DOMAINS, ...
             if env_name in env:
                 values[key] = _coerce(env_name, env[env_name], kind_)
+            elif short and short in env:
+                values[key] = _coerce(short, env[short], kind_)
         sections[name] = kind(**values)
     unknown = set(raw) - set(top_types)
     if unknown:

@@ -65,6 +65,7 @@ class IntakeHandler:
         self.closing = False
         self.in_flight = 0
         self.sessions: set = set()        # live protocol instances, closed at shutdown
+        self.max_connections = settings.smtp.max_connections
 
     # ---- session -------------------------------------------------------------------------------------------
     async def handle_EHLO(self, server, session, envelope, hostname, responses):

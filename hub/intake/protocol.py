@@ -51,6 +51,10 @@ class HubSMTP(SMTP):
         sessions = getattr(self.event_handler, "sessions", None)
         if sessions is not None:
             sessions.add(self)
+            limit = getattr(self.event_handler, "max_connections", 0)
+            if limit and len(sessions) > limit:
+                transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+                transport.close()
 
     def connection_lost(self, exc) -> None:
         sessions = getattr(self.event_handler, "sessions", None)
