@@ -90,17 +90,17 @@ async def _list(args, ctx) -> int:
     return 0
 
 
-async def _disable(args, ctx) -> int:
+async def _set_disabled(args, ctx, disabled: bool) -> int:
     async with ctx.connection() as conn:
-        if not await store.set_disabled(conn, args.name, True):
+        if not await store.set_disabled(conn, args.name, disabled):
             raise InputError(f"no account named {args.name!r}")
-    print(f"account {args.name} disabled")
+    print(f"account {args.name} {'disabled' if disabled else 'enabled'}")
     return 0
+
+
+async def _disable(args, ctx) -> int:
+    return await _set_disabled(args, ctx, True)
 
 
 async def _enable(args, ctx) -> int:
-    async with ctx.connection() as conn:
-        if not await store.set_disabled(conn, args.name, False):
-            raise InputError(f"no account named {args.name!r}")
-    print(f"account {args.name} enabled")
-    return 0
+    return await _set_disabled(args, ctx, False)
