@@ -121,7 +121,7 @@ def test_check_reports_every_error_with_location_and_exits_2(tmp_path, capsys):
 
 def test_check_accepts_the_shipped_rules(capsys, tmp_path):
     assert cli.cmd_check(argparse.Namespace(dir=str(ROOT / "routing_rules")), _ctx(tmp_path)) == 0
-    assert "ok, 15 rules in 5 files" in capsys.readouterr().out
+    assert "ok, 16 rules in 5 files" in capsys.readouterr().out
 
 
 def test_check_is_registered_as_a_synchronous_command():
