@@ -1,8 +1,20 @@
 """Audit writes. Connection-first functions; the caller owns the transaction, so an event commits (or not) with
-the state change it records."""
+the state change it records.
+
+`record()` appends events unchained: one plain INSERT per event (pipelined), no lock shared with other
+transactions, nothing else on the hot path. The single background sealer (hub.audit.chain) later chains the events
+and derives the messages' search keys (`audit_message_key`) set-based, in the same transaction, so a message is
+searchable once sealed (within audit.seal_interval). Facts must never hold message content: addresses,
+identifiers, digests, replies, counts.
+
+Search keys derived per event (SQL function audit_seal_upto): `*` for a `received` event; account, sender,
+recipient, every address in facts["recipients"] (the `recipients` field puts them there), patient key, document
+type, rule-set version whenever the event carries them. Addresses are keyed in lower case.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,18 +32,40 @@ class Event:
     patient_key: bytes | None = None
     doc_type: str | None = None
     rule_version: int | None = None
+    actor: str | None = None         # who did it (operator, auditor token, "retention") for non-message events
+    recipients: tuple[str, ...] = () # all recipients of a `received` event: written to facts, searchable
+
+
+def _facts(e: Event) -> str:
+    facts = dict(e.facts)
+    if e.recipients and "recipients" not in facts:
+        facts["recipients"] = list(e.recipients)
+    return json.dumps(facts, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _row(e: Event) -> tuple:
+    return (e.message_id, e.event, e.account, e.sender, e.recipient, e.patient_key, e.doc_type, e.rule_version,
+            e.actor, _facts(e))
+
+
+_INSERT = ("INSERT INTO audit_event (message_id, event, account, sender, recipient, patient_key, doc_type,"
+           " rule_version, actor, facts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)")
 
 
 async def record(conn: asyncpg.Connection, *events: Event) -> None:
     """Append events (in order) inside the caller's transaction."""
-    if not events:
-        return
-    await conn.executemany(
-        "INSERT INTO audit_event (message_id, event, account, sender, recipient, patient_key, doc_type,"
-        " rule_version, facts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        [(e.message_id, e.event, e.account, e.sender, e.recipient, e.patient_key, e.doc_type, e.rule_version,
-          e.facts) for e in events])
+    rows = [_row(e) for e in events]
+    if len(rows) == 1:
+        await conn.execute(_INSERT, *rows[0])
+    elif rows:
+        await conn.executemany(_INSERT, rows)
+
+
+EVENT_COLUMNS = ("id", "at", "event", "message_id", "account", "sender", "recipient", "patient_key", "doc_type",
+                 "rule_version", "actor", "facts")
 
 
 async def timeline(conn: asyncpg.Connection, message_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT * FROM audit_event WHERE message_id = $1 ORDER BY id", message_id)
+    """Every event of one message, in order."""
+    return await conn.fetch(f"SELECT {', '.join(EVENT_COLUMNS)} FROM audit_event WHERE message_id = $1 ORDER BY id",
+                            message_id)

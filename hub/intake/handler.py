@@ -179,8 +179,9 @@ class IntakeHandler:
                              helo=session.host_name, tls_version=tls_version(server), envid=dsn.get("envid"),
                              ret=dsn.get("ret"), rule_version=routed.rule_version)
             received = Event("received", message_id=message_id, account=msg.account, sender=msg.mail_from,
+                             recipients=tuple(r.address for r in msg.recipients),
                              facts={"peer": msg.peer, "helo": msg.helo, "tls": msg.tls_version,
-                                    "size": len(body), "recipients": len(msg.recipients),
+                                    "size": len(body),
                                     "login": "auth" if getattr(session, "hub_account", None) else
                                     ("certificate" if peer_subject(server) else "network")})
             async with self.pool.acquire() as conn:
