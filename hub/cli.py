@@ -61,20 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    import importlib
-
     from hub import app
-    from hub.directory import trust
+    from hub.audit import cli as audit_cli
+    from hub.directory import cli as directory_cli, trust
     from hub.intake import cli as intake_cli
     from hub.queue import cli as queue_cli
+    from hub.rules import cli as rules_cli
 
-    app.register(sub)
-    intake_cli.register(sub)
-    trust.register(sub)
-    queue_cli.register(sub)
-    for name in ("hub.directory.cli", "hub.rules.cli", "hub.audit.cli"):
-        if importlib.util.find_spec(name) is not None:      # TEMPORARY while the packages land
-            importlib.import_module(name).register(sub)
+    for package in (app, intake_cli, trust, queue_cli, directory_cli, rules_cli, audit_cli):
+        package.register(sub)
 
     dbp = sub.add_parser("db", help="database maintenance")
     dbsub = dbp.add_subparsers(dest="db_command", metavar="ACTION")
