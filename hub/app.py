@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 
 import structlog
@@ -77,6 +77,7 @@ class Hub:
 
         s = self.settings
         self.pool = await db.create_pool(self.runtime_url, s)
+        self.work_pool = await db.create_pool(self.runtime_url, s, durable=False)
         self.trust = TrustSpace(s.hub.domains, s.delivery.local_domains)
         self.accounts = AccountBook()
         async with self.pool.acquire() as conn:
@@ -98,7 +99,8 @@ class Hub:
         sock = _listen_socket(s.smtp.listen, self.reuse_port)
         self.smtp_server = await loop.create_server(factory, sock=sock)
         self.smtp_port = sock.getsockname()[1]
-        self.delivery = DeliveryWorker(s, self.pool, self.trust, listen_url=self.runtime_url)
+        self.delivery = DeliveryWorker(s, self.work_pool, self.trust, listen_url=self.runtime_url)
+        self.handler.on_queued = self.delivery.wake
         self.tasks.append(asyncio.create_task(self.delivery.run(self.stop_event), name="delivery"))
         for extra in self._extra_tasks():
             self.tasks.append(asyncio.create_task(extra, name=getattr(extra, "__name__", "task")))
@@ -137,7 +139,9 @@ class Hub:
         from hub.queue.processor import Processor
 
         s = self.settings
-        self.processor = Processor(s, self.pool, self.registry, patient_key=self.patient_key)
+        self.processor = Processor(s, self.work_pool, self.registry, patient_key=self.patient_key)
+        self.processor.on_queued = self.delivery.wake
+        self.handler.on_processing = self.processor.wake
         tasks = [self.processor.run(self.stop_event), self.rules.watch(self.pool)]
         if self.index == 0:       # one sealer and one retention job per hub process group (advisory locks too)
             tasks.append(AuditSealer(interval=s.audit.seal_interval, batch=s.audit.seal_batch)
@@ -196,8 +200,9 @@ class Hub:
                 await asyncio.wait(pending, timeout=5)
         if self.http_runner is not None:
             await self.http_runner.cleanup()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.pool.close(), 5)
+        for pool in (self.pool, self.work_pool):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 5)
         log.info("hub_stopped", process=self.index)
 
 
@@ -231,6 +236,9 @@ def serve(settings: Settings) -> int:
     finally:
         if not settings.database.url:       # the embedded server lives and dies with `hub serve`
             db.Embedded(settings.data_dir).stop()
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        if os.path.basename(metrics_dir).startswith("hub-metrics-"):
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _supervise(settings: Settings, urls: db.Urls) -> int:
@@ -238,8 +246,6 @@ def _supervise(settings: Settings, urls: db.Urls) -> int:
     if n == 1:
         asyncio.run(run_process(settings, urls.runtime, 0, reuse_port=False))
         return 0
-    metrics_dir = tempfile.mkdtemp(prefix="hub-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     children: dict[int, int] = {}
     stopping = False
 

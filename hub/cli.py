@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -87,6 +89,10 @@ async def _cmd_migrate(args, ctx: Context) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "serve" in argv and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # before prometheus_client is first imported: metrics of all `hub serve` processes are aggregated
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hub-metrics-")
     parser = build_parser()
     args = parser.parse_args(argv)
     # subcommands may need global --config after the subcommand name too

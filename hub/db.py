@@ -234,11 +234,22 @@ def _json_loads(value: str):
     return json.loads(value)
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """The hub keeps no session state on pooled connections (no LISTEN, no session locks left behind), so the
+    default reset (an extra round trip on every release) is skipped."""
+
+
 async def create_pool(url: str, settings: Settings, *, min_size: int | None = None,
-                      max_size: int | None = None) -> asyncpg.Pool:
+                      max_size: int | None = None, durable: bool = True) -> asyncpg.Pool:
+    """durable=False: commits do not wait for the WAL flush (synchronous_commit off). Only for state changes
+    that are redone if lost in a PostgreSQL crash (delivery outcomes, leases, processing results): a lost
+    update means a message is processed or sent again (at-least-once), never lost. Intake always uses a
+    durable pool: a 250 means committed to disk."""
     try:
         return await asyncpg.create_pool(
             url,
+            reset=_no_reset,
+            server_settings={} if durable else {"synchronous_commit": "off"},
             min_size=settings.database.pool_min if min_size is None else min_size,
             max_size=settings.database.pool_max if max_size is None else max_size,
             timeout=settings.database.connect_timeout,

@@ -109,7 +109,11 @@ class AuditSealer:
                                          head=head and head["head"])
                             await _wait(stop, self.interval)
                     finally:
-                        await conn.execute("SELECT pg_advisory_unlock($1)", SEALER_LOCK)
+                        try:
+                            await conn.execute("SELECT pg_advisory_unlock($1)", SEALER_LOCK)
+                        except BaseException:
+                            conn.terminate()      # never leave the session lock on a pooled connection
+                            raise
             except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
                 log.warning("audit_seal_failed", error=str(exc))
                 await _wait(stop, self.interval * 5)

@@ -29,7 +29,6 @@ async def enqueue_notification(conn, hostname: str, kind: str, message_id: str, 
     note_id = new_message_id()
     await insert_message(conn, NewMessage(id=note_id, account=None, mail_from="", body=body,
                                           recipients=[NewRecipient(r0["mail_from"], r0["mail_from"])]))
-    await conn.execute("SELECT pg_notify('hub_queue', '')")
     obs.NOTIFICATIONS.labels(kind).inc()
     return [
         Event("notification_sent", message_id=message_id, account=r0["account"], sender=r0["mail_from"],

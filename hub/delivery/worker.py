@@ -137,19 +137,22 @@ class DeliveryWorker:
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await store.claim(conn, min(self.settings.delivery.batch_size, free * 4),
                                      self.settings.delivery.lease_seconds, self.owner)
+            plain = list({r["message_id"] for r in rows if r["variant_id"] is None})
+            bodies = await store.bodies(conn, plain) if plain else {}
         groups: dict[tuple, list[asyncpg.Record]] = defaultdict(list)
         for r in rows:
             groups[(r["message_id"], r["domain"], r["variant_id"])].append(r)
         for rows_ in groups.values():
             await self._slots.acquire()
-            task = asyncio.create_task(self._run_group(rows_))
+            body = bodies.get(rows_[0]["message_id"]) if rows_[0]["variant_id"] is None else None
+            task = asyncio.create_task(self._run_group(rows_, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(rows)
 
-    async def _run_group(self, rows: list[asyncpg.Record]) -> None:
+    async def _run_group(self, rows: list[asyncpg.Record], body: bytes | None) -> None:
         try:
-            results = await self.deliver_group(rows)
+            results = await self.deliver_group(rows, body)
             self._results.put_nowait(results)
         except (TemporaryError, *UNAVAILABLE) as exc:
             # not the message's fault (database or local trouble): try again soon, without counting an attempt
@@ -163,7 +166,7 @@ class DeliveryWorker:
         finally:
             self._slots.release()
 
-    async def deliver_group(self, rows: list[asyncpg.Record]) -> list[Result]:
+    async def deliver_group(self, rows: list[asyncpg.Record], body: bytes | None = None) -> list[Result]:
         first = rows[0]
         domain = first["domain"]
         limit = self.settings.queue.max_recoveries
@@ -174,11 +177,13 @@ class DeliveryWorker:
         if not (self.trust.is_trusted(domain) or self.trust.is_local(domain)):
             o = Outcome("permanent", f"550 5.7.1 {domain} is no longer in the MSSanté trust space")
             return [Result(r, o, None) for r in rows]
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            if first["variant_id"] is not None:
-                body = await conn.fetchval("SELECT body FROM message_variant WHERE id = $1", first["variant_id"])
-            else:
-                body = await conn.fetchval("SELECT body FROM message WHERE id = $1", first["message_id"])
+        if body is None:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                if first["variant_id"] is not None:
+                    body = await conn.fetchval("SELECT body FROM message_variant WHERE id = $1",
+                                               first["variant_id"])
+                else:
+                    body = await conn.fetchval("SELECT body FROM message WHERE id = $1", first["message_id"])
         if body is None:
             return [Result(r, Outcome("dead", "message body missing"), None) for r in rows]
         try:
@@ -318,6 +323,7 @@ class DeliveryWorker:
                 await store.finish_messages(conn, list({res.row["message_id"] for res in results}))
 
     async def _notify(self, conn, kind: str, message_id: str, items) -> list[Event]:
+        self.wake()          # the notification is a new queued message
         return await enqueue_notification(conn, self.settings.smtp.hostname, kind, message_id, items)
 
 

@@ -44,7 +44,7 @@ class ParsedList:
 def normalise_domain(domain: str) -> str:
     domain = domain.strip().rstrip(".").lower()
     try:
-        return domain.encode("idna").decode("ascii") if any(ord(c) > 127 for c in domain) else domain
+        return domain if domain.isascii() else domain.encode("idna").decode("ascii")
     except UnicodeError:
         return domain
 

@@ -63,6 +63,8 @@ class IntakeHandler:
         self.limiter = FailureLimiter(settings.smtp.auth_failures_per_minute)
         self.creds = CredentialCache()
         self.closing = False
+        self.on_queued = None             # callables set by the composition root (wake the local workers)
+        self.on_processing = None
         self.in_flight = 0
         self.sessions: set = set()        # live protocol instances, closed at shutdown
         self.max_connections = settings.smtp.max_connections
@@ -188,10 +190,6 @@ class IntakeHandler:
                 async with conn.transaction():
                     await insert_message(conn, msg)
                     await record(conn, received, *routed.events(message_id, msg.account, msg.mail_from))
-                    if routed.state == "queued":
-                        await conn.execute("SELECT pg_notify('hub_queue', '')")
-                    else:
-                        await conn.execute("SELECT pg_notify('hub_process', '')")
         except (TemporaryError, *UNAVAILABLE) as exc:
             obs.SMTP_REPLIES.labels("451").inc()
             log.warning("intake_failed", message_id=message_id, error=f"{type(exc).__name__}: {exc}")
@@ -202,6 +200,11 @@ class IntakeHandler:
             return replies.TEMP_FAILURE
         finally:
             self.in_flight -= 1
+        # wake this process's workers; no NOTIFY inside the transaction: PostgreSQL serialises every commit that
+        # notifies behind one lock held until the commit is flushed (other processes poll, delivery.poll_interval)
+        waker = self.on_queued if msg.state == "queued" else self.on_processing
+        if waker is not None:
+            waker()
         obs.RECEIVED.labels(msg.account or "-").inc()
         obs.INTAKE_SECONDS.observe(time.perf_counter() - started)
         obs.SMTP_REPLIES.labels("250").inc()

@@ -48,6 +48,7 @@ class Processor:
         self.pool = pool
         self.registry = registry
         self.patient_key = patient_key          # callable ins -> bytes (keyed hash), or None
+        self.on_queued = None                   # wakes the local delivery worker
         self._wake = asyncio.Event()
 
     def wake(self, *_a) -> None:
@@ -129,7 +130,8 @@ class Processor:
                                    " finished_at = CASE WHEN $2 = 'done' THEN now() END WHERE id = $1",
                                    msg["id"], new_state)
                 await record(conn, *events)
-                await conn.execute("SELECT pg_notify('hub_queue', '')")
+        if self.on_queued is not None:
+            self.on_queued()
 
     async def _apply(self, msg, plan: dict):
         """(body, outcome or error) for a plan: the CPU part, in a thread."""

@@ -31,6 +31,7 @@ DOC_LABELS = {
 }
 SEX_LABELS = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
 _CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_SPECIAL = re.compile(r'[&<>"\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]')
 _TRUSTED = etree.XMLParser(huge_tree=True, resolve_entities=False, no_network=True, collect_ids=False)
 
 
@@ -38,7 +39,10 @@ def x(text: str) -> str:
     """Escape text for element content and attribute values (double-quoted); drop XML-invalid characters."""
     if not text:
         return ""
-    text = _CTRL.sub("", str(text))
+    text = str(text)
+    if _SPECIAL.search(text) is None:      # the common case: nothing to do
+        return text
+    text = _CTRL.sub("", text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
@@ -139,8 +143,9 @@ def encounter_xml(start: str, facility_code: str, tz: tzinfo, responsible: str =
 
 
 def build_n1(meta: DocumentMeta, pdf: bytes, *, doc_id_root: str, doc_id_ext: str, local_id_root: str,
-             tz: tzinfo) -> str:
-    """CDA R2 N1: generic unstructured document (XDS-SD template), PDF base64 in nonXMLBody."""
+             tz: tzinfo, pdf_b64: list[bytes] | None = None) -> bytes:
+    """CDA R2 N1: generic unstructured document (XDS-SD template), PDF base64 in nonXMLBody (UTF-8 bytes).
+    pdf_b64: `b64encode(pdf)` in pieces, when the caller already has it (e.g. the sender's MIME body)."""
     if not pdf.startswith(b"%PDF-"):
         raise TransformError("the attachment is not a PDF (no %PDF- signature)")
     label = meta.doc_label or DOC_LABELS.get(meta.doc_code, meta.title or meta.doc_code)
@@ -154,16 +159,18 @@ def build_n1(meta: DocumentMeta, pdf: bytes, *, doc_id_root: str, doc_id_ext: st
                + (ts_el("high", meta.service_stop, tz) if meta.service_stop else "") + "</effectiveTime>"
                '<performer typeCode="PRF"><assignedEntity>' + person_id(author) + org(author, extra=setting)
                + "</assignedEntity></performer></serviceEvent></documentationOf>")
-    return (header_xml(h, meta.patient, author, tz, specialty=meta.author_specialty,
+    head = (header_xml(h, meta.patient, author, tz, specialty=meta.author_specialty,
                        practice_setting=meta.practice_setting) + service
             + encounter_xml(start, meta.facility_code, tz)
-            + '<component><nonXMLBody><text mediaType="application/pdf" representation="B64">'
-            + base64.b64encode(pdf).decode("ascii") + "</text></nonXMLBody></component></ClinicalDocument>")
+            + '<component><nonXMLBody><text mediaType="application/pdf" representation="B64">')
+    return b"".join([head.encode("utf-8"), *(pdf_b64 if pdf_b64 is not None else [base64.b64encode(pdf)]),
+                     b"</text></nonXMLBody></component></ClinicalDocument>"])
 
 
-def finish(xml: str, validator: CdaValidator) -> tuple[bytes, str, etree._Element]:
-    """Parse our own output, validate it; return (bytes, validation, root) or raise TransformError."""
-    data = xml.encode("utf-8")
+def finish(xml: str | bytes, validator: CdaValidator) -> tuple[bytes, str, etree._Element]:
+    """Parse our own output (text, or UTF-8 bytes), validate it; return (bytes, validation, root) or raise
+    TransformError."""
+    data = xml.encode("utf-8") if isinstance(xml, str) else xml
     try:
         root = etree.fromstring(data, _TRUSTED)
     except etree.XMLSyntaxError as exc:   # a builder bug, never the input's fault

@@ -24,7 +24,7 @@ from hub.transform.detect import classify
 from hub.transform.hl7v2 import parse_er7, read_lab_oru, read_patient, write_oru
 from hub.transform.hprim import parse_hprim_net, parse_hprim_sante
 from hub.transform.mime import Part, walk
-from hub.transform.model import LabReport
+from hub.transform.model import DocumentMeta, LabReport
 from hub.transform import mss
 from hub.transform.registry import Context, Steps, TransformOutcome
 from hub.transform.xdm import build_xdm, read_xdm
@@ -74,7 +74,7 @@ def _metadata(top, parts: list[Part], params: Mapping[str, Any]) -> dict[str, st
     return md.merge(layer, md.from_headers(top), dict(params.get("metadata") or {}))
 
 
-def _cda_step(ctx: Context, steps: Steps, name: str, data_in: bytes, xml: str,
+def _cda_step(ctx: Context, steps: Steps, name: str, data_in: bytes, xml: str | bytes,
               warnings: list[str] = ()) -> tuple[bytes, CdaInfo]:
     try:
         data, validation, root = finish(xml, ctx.validator)
@@ -85,15 +85,17 @@ def _cda_step(ctx: Context, steps: Steps, name: str, data_in: bytes, xml: str,
 
 
 def _package(ctx: Context, steps: Steps, top, docs: list[tuple[CdaInfo, bytes]], params: Mapping[str, Any],
-             seed: bytes, now: datetime, *, pdf: tuple[bytes, str] | None = None, to: list[str] | None = None,
-             body: str = "", recipients: list[str] | None = None, ack: bytes | None = None) -> TransformOutcome:
+             seed: bytes, now: datetime, *, pdf: tuple[bytes, str] | None = None,
+             pdf_lines: memoryview | None = None, to: list[str] | None = None, body: str = "",
+             recipients: list[str] | None = None, ack: bytes | None = None) -> TransformOutcome:
+    """XDM of the CDAs -> outgoing message. pdf_lines: the PDF's base64 MIME lines, when already at hand."""
     submission = now.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
     xdm = build_xdm(docs, seed=seed, hub_oid=ctx.hub_oid, submission_time=submission, sender=ctx.nil)
     steps.add("cda_to_xdm", V, b"".join(d for _, d in docs), xdm)
     infos = [i for i, _ in docs]
     text = params.get("body") or body or f"Veuillez trouver ci-joint le document « {infos[0].title} »."
     message = mss.outgoing(top, infos, xdm, nil=ctx.nil, body_text=text, pdf=pdf[0] if pdf else None,
-                           pdf_name=pdf[1] if pdf else "", to=to)
+                           pdf_name=pdf[1] if pdf else "", pdf_lines=pdf_lines, to=to)
     steps.add("mss_message", V, xdm, message)
     p = infos[0].patient
     return TransformOutcome(message=message, steps=steps.records, patient_ins=p.ins or None,
@@ -194,19 +196,29 @@ def pdf_to_cda_n1_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -
     found = _find(parts, "pdf")
     if found is None:
         raise TransformError("no PDF attachment in the message")
-    pdf, pdf_name = found[0].payload(), found[0].filename or "document.pdf"
+    part = found[0]
+    pdf, pdf_name = part.payload(), part.filename or "document.pdf"
     tz, now = _tz(params), _now(params)
     meta = md.document_meta(_metadata(top, parts, params), doc_code=str(params.get("doc_code", "11490-0")),
                             title=str(params.get("title", "")), now=now_ts(tz, now))
     seed, steps = hashlib.sha256(message).digest(), Steps()
     try:
-        xml = build_n1(meta, pdf, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
-                       local_id_root=f"{ctx.hub_oid}.3", tz=tz)
+        xml, pdf_lines = _n1_xml(ctx, part, pdf, meta, seed, tz)
     except TransformError as exc:
         raise steps.fail("pdf_to_cda_n1", V, pdf, exc) from None
     warnings = [] if meta.patient.qualified_ins else ["INS not qualified: X-MSS-INS will be N"]
     data, info = _cda_step(ctx, steps, "pdf_to_cda_n1", pdf, xml, warnings)
-    return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=(pdf, pdf_name))
+    return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=(pdf, pdf_name), pdf_lines=pdf_lines)
+
+
+def _n1_xml(ctx: Context, part: Part, pdf: bytes, meta: DocumentMeta, seed: bytes,
+            tz: ZoneInfo) -> tuple[bytes, memoryview | None]:
+    """The N1 CDA, with the sender's base64 of the PDF when it is canonical (no re-encoding), and the sender's MIME
+    lines of the PDF when they can be reused as they are for the outgoing attachment."""
+    b64 = part.base64(pdf)
+    xml = build_n1(meta, pdf, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
+                   local_id_root=f"{ctx.hub_oid}.3", tz=tz, pdf_b64=b64.text if b64 is not None else None)
+    return xml, b64.lines if b64 is not None else None
 
 
 def cda_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:

@@ -61,8 +61,19 @@ def cda_ts(value: str, tz: tzinfo) -> str:
     if value[-5] in "+-":
         return value
     digits = value.ljust(14, "0")[:14]
-    local = datetime.strptime(digits, "%Y%m%d%H%M%S").replace(tzinfo=tz)
-    return digits + local.strftime("%z")
+    local = _digits_time(digits) or datetime.strptime(digits, "%Y%m%d%H%M%S")
+    return digits + local.replace(tzinfo=tz).strftime("%z")
+
+
+def _digits_time(digits: str) -> datetime | None:
+    """datetime.strptime(digits, "%Y%m%d%H%M%S") for 14 plain digits (cheaper), else None: strptime decides."""
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    try:
+        return datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]), int(digits[10:12]),
+                        int(digits[12:14]))
+    except ValueError:
+        return None
 
 
 def now_ts(tz: tzinfo, now: datetime | None = None) -> str:

@@ -17,6 +17,7 @@ from email.message import EmailMessage
 
 from hub.errors import ParseError
 from hub.transform.dates import norm_ts
+from hub.transform.mime import header_text
 from hub.transform.model import INS_OIDS, DocumentMeta, LabReport, Party, Patient, is_nir
 
 HEADERS = {
@@ -29,6 +30,7 @@ HEADERS = {
 KEYS = frozenset(HEADERS.values()) | {"author_specialty", "doc_code", "title", "effective_time", "service_start",
                                       "service_stop", "confidentiality", "facility_code", "practice_setting"}
 _WHERE = {v: k for k, v in HEADERS.items()}
+_LOWER = {k.lower(): v for k, v in HEADERS.items()}
 MAX_JSON = 65536
 
 
@@ -37,12 +39,8 @@ def _where(key: str) -> str:
 
 
 def from_headers(headers: EmailMessage) -> dict[str, str]:
-    out = {}
-    for name, key in HEADERS.items():
-        value = headers.get(name)
-        if value is not None:
-            out[key] = " ".join(str(value).split())
-    return out
+    found = header_text(headers, _LOWER.keys())
+    return {_LOWER[low]: value for low, value in found.items()}
 
 
 def from_json(data: bytes) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from email.message import EmailMessage
 
 from hub.transform.cda_info import CdaInfo
-from hub.transform.mime import build_message
+from hub.transform.mime import Attachment, build_message
 
 SUBJECT_PREFIX = "XDM/1.0/DDM+"
 XDM_FILENAME = "IHE_XDM.zip"
@@ -48,9 +48,11 @@ def subject(info: CdaInfo, title: str | None = None) -> str:
 
 
 def outgoing(original: EmailMessage | None, infos: list[CdaInfo], xdm: bytes, *, nil: str, body_text: str,
-             pdf: bytes | None = None, pdf_name: str = "document.pdf", to: list[str] | None = None) -> bytes:
-    attachments = [(XDM_FILENAME, "application/zip", xdm)]
+             pdf: bytes | None = None, pdf_name: str = "document.pdf", pdf_lines: bytes | memoryview | None = None,
+             to: list[str] | None = None) -> bytes:
+    """pdf_lines: the PDF already base64-encoded in MIME lines (`mime.encode_lines(pdf)`), when the caller has it."""
+    attachments = [Attachment(XDM_FILENAME, "application/zip", xdm)]
     if pdf:
-        attachments.append((pdf_name, "application/pdf", pdf))
+        attachments.append(Attachment(pdf_name, "application/pdf", pdf, pdf_lines or b""))
     return build_message(original, subject=subject(infos[0]), extra_headers=mss_headers(infos, nil),
                          body_text=body_text, attachments=attachments, to=to)

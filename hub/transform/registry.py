@@ -63,14 +63,18 @@ class Steps:
 
     def __init__(self) -> None:
         self.records: list[StepRecord] = []
-        self._hashes: dict[int, tuple[bytes, str]] = {}    # one output is the next step's input: hash it once
+        # one output is the next step's input, one input may feed several steps: hash each once. Only the two
+        # latest are kept, so the chain's big intermediate buffers are not all pinned until it ends.
+        self._hashes: list[tuple[bytes, str]] = []
 
     def sha256(self, data: bytes) -> str:
-        known = self._hashes.get(id(data))
-        if known is not None and known[0] is data:
-            return known[1]
+        for known in self._hashes:
+            if known[0] is data:
+                self._hashes.remove(known)
+                self._hashes.append(known)
+                return known[1]
         digest = hashlib.sha256(data).hexdigest()
-        self._hashes[id(data)] = (data, digest)
+        self._hashes = [*self._hashes[-1:], (data, digest)]
         return digest
 
     def add(self, name: str, version: str, data_in: bytes, data_out: bytes, validation: str = "not_validated",

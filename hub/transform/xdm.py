@@ -3,7 +3,8 @@
 Writer: README.TXT, INDEX.HTM, IHE_XDM/SUBSET01/METADATA.XML (ebRIM 3.0 SubmissionSet + DocumentEntry per CDA +
 HasMember associations; slots, classifications and external identifiers with the §5.2 UUIDs) and the CDAs as
 DOC0001.XML, DOC0002.XML... Ids are derived from a caller-supplied seed so the same input gives the same package.
-Large entries (>= 64 KiB, mostly base64 PDF that deflate barely shrinks) are stored, small ones deflated.
+Large entries (>= 64 KiB, mostly base64 PDF that deflate barely shrinks) are stored, small ones deflated. The archive
+is assembled in one join (`zip_archive`: the bytes `zipfile` would write, without its per-entry buffering).
 
 Reader: untrusted bytes. Caps the entry count and the expanded size (settings `transform.max_zip_entries`,
 `transform.max_zip_expanded`, passed in), refuses encrypted entries, absolute or `..` paths, duplicate names and
@@ -16,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import uuid
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from hub.errors import ParseError
 from hub.transform.cda import x
@@ -44,6 +46,10 @@ SS_PATIENT, SS_SOURCE, SS_UNIQUE = ("urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b384
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
 STORE_FROM = 64 * 1024
+_STAMP = ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))
+_LOCAL = struct.Struct(zipfile.structFileHeader)        # the zip record layouts, as zipfile writes them
+_CENTRAL = struct.Struct(zipfile.structCentralDir)
+_END = struct.Struct(zipfile.structEndArchive)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*/?$")
 
 
@@ -97,9 +103,22 @@ def _utc(ts: str) -> str:
     """CDA time (with zone) -> XDS UTC 'YYYYMMDDHHMMSS' (a bare date stays a date)."""
     if len(ts) > 8 and ts[-5] in "+-":
         digits = ts[:-5].ljust(14, "0")[:14]
-        when = datetime.strptime(digits + ts[-5:], "%Y%m%d%H%M%S%z")
+        when = _fast_time(digits, ts[-5:]) or datetime.strptime(digits + ts[-5:], "%Y%m%d%H%M%S%z")
         return when.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
     return ts[:14]
+
+
+def _fast_time(digits: str, zone: str) -> datetime | None:
+    """strptime(digits + zone, "%Y%m%d%H%M%S%z") for plain values, else None (strptime decides)."""
+    if not (digits.isascii() and digits.isdigit() and zone[1:].isascii() and zone[1:].isdigit()
+            and int(zone[3:]) < 60):
+        return None
+    offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:]))
+    try:
+        return datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]), int(digits[10:12]),
+                        int(digits[12:14]), tzinfo=timezone(-offset if zone[0] == "-" else offset))
+    except ValueError:
+        return None
 
 
 def metadata_xml(docs: list[tuple[CdaInfo, str, bytes]], *, uuids: list[str], ss_unique: str, source_oid: str,
@@ -166,8 +185,7 @@ def build_xdm(docs: list[tuple[CdaInfo, bytes]], *, seed: bytes, hub_oid: str, s
     """Package CDAs (same patient) into IHE_XDM.ZIP bytes. submission_time: UTC 'YYYYMMDDHHMMSS'."""
     digest = hashlib.sha256(seed).digest()
     count = 8 + len(docs) * 12
-    uuids = [f"urn:uuid:{uuid.UUID(bytes=hashlib.sha256(digest + n.to_bytes(4, 'big')).digest()[:16], version=4)}"
-             for n in range(count)]
+    uuids = [_uuid4(hashlib.sha256(digest + n.to_bytes(4, "big")).digest()) for n in range(count)]
     files = [(info, f"DOC{n:04d}.XML", data) for n, (info, data) in enumerate(docs, 1)]
     ss_unique = f"{hub_oid}.2.{int.from_bytes(digest[:12], 'big')}"
     meta = metadata_xml(files, uuids=uuids, ss_unique=ss_unique, source_oid=hub_oid,
@@ -180,16 +198,51 @@ def build_xdm(docs: list[tuple[CdaInfo, bytes]], *, seed: bytes, hub_oid: str, s
     index = ('<?xml version="1.0" encoding="UTF-8"?>\n<html xmlns="http://www.w3.org/1999/xhtml"><head>'
              f"<title>IHE XDM</title></head><body><p>Sender: {x(sender or 'hub')}</p><ul>{links}</ul>"
              '<p><a href="README.TXT">README.TXT</a></p></body></html>').encode("utf-8")
-    stamp = tuple(int(submission_time[i:j]) for i, j in ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14)))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        entries = [("README.TXT", readme), ("INDEX.HTM", index), ("IHE_XDM/SUBSET01/METADATA.XML", meta)]
-        entries += [(f"IHE_XDM/SUBSET01/{n}", d) for _, n, d in files]
-        for name, data in entries:
-            zi = zipfile.ZipInfo(name, date_time=stamp)
-            zi.compress_type = zipfile.ZIP_STORED if len(data) >= STORE_FROM else zipfile.ZIP_DEFLATED
-            zf.writestr(zi, data)
-    return buf.getvalue()
+    entries = [("README.TXT", readme), ("INDEX.HTM", index), ("IHE_XDM/SUBSET01/METADATA.XML", meta)]
+    entries += [(f"IHE_XDM/SUBSET01/{n}", d) for _, n, d in files]
+    return zip_archive(entries, tuple(int(submission_time[i:j]) for i, j in _STAMP))
+
+
+def _uuid4(digest: bytes) -> str:
+    """`urn:uuid:` + str(uuid.UUID(bytes=digest[:16], version=4)), without the UUID object."""
+    b = bytearray(digest[:16])
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    h = b.hex()
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def zip_archive(entries: list[tuple[str, bytes]], stamp: tuple[int, ...]) -> bytes:
+    """The archive `zipfile` writes for these entries (ZipInfo(name, stamp), written in order to a BytesIO), built
+    in one join: entries of STORE_FROM bytes or more are stored (copied once, into the result), smaller ones
+    deflated. No ZIP64: an entry or archive of 4 GiB or more is a struct.error (the hub's inputs are far smaller)."""
+    if stamp[0] < 1980:
+        raise ValueError("ZIP does not support timestamps before 1980")
+    dostime = stamp[3] << 11 | stamp[4] << 5 | stamp[5] // 2
+    dosdate = (stamp[0] - 1980) << 9 | stamp[1] << 5 | stamp[2]
+    out: list[bytes] = []
+    central: list[bytes] = []
+    offset = 0
+    for name, data in entries:
+        try:
+            raw_name, flags = name.encode("ascii"), 0
+        except UnicodeEncodeError:
+            raw_name, flags = name.encode("utf-8"), 0x800
+        method = zipfile.ZIP_STORED if len(data) >= STORE_FROM else zipfile.ZIP_DEFLATED
+        if method == zipfile.ZIP_STORED:
+            body = data
+        else:
+            deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+            body = deflate.compress(data) + deflate.flush()
+        crc = zlib.crc32(data)
+        out += (_LOCAL.pack(b"PK\x03\x04", 20, 0, flags, method, dostime, dosdate, crc, len(body), len(data),
+                            len(raw_name), 0), raw_name, body)
+        central += (_CENTRAL.pack(b"PK\x01\x02", 20, 3, 20, 0, flags, method, dostime, dosdate, crc, len(body),
+                                  len(data), len(raw_name), 0, 0, 0, 0, 0o600 << 16, offset), raw_name)
+        offset += _LOCAL.size + len(raw_name) + len(body)
+    directory = b"".join(central)
+    end = _END.pack(b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), offset, 0)
+    return b"".join((*out, directory, end))
 
 
 # ---------------------------------------------------------------- reader

@@ -1,6 +1,9 @@
 """Never lose a message: PostgreSQL stopped during intake gives 451 and loses nothing already accepted."""
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 
 import asyncpg
 
@@ -14,7 +17,10 @@ from tests.support import Client, message, settings_for, trust_list_xml, wait_fo
 
 
 async def test_database_stopped_during_intake(tmp_path, pki, peer):
-    emb = db.Embedded(tmp_path / "own-pg")
+    # not under pytest's tmp dir: a concurrent pytest session resets its parents to 0700, out of the
+    # reach of the `hubpg` user the embedded server runs as when the tests run as root
+    own = Path(tempfile.mkdtemp(prefix="hub-own-pg-"))
+    emb = db.Embedded(own)
     await asyncio.to_thread(emb.start)
     admin, runtime = emb.url("postgres"), emb.url(db.RUNTIME_ROLE)
     await db.migrate(admin)
@@ -44,3 +50,4 @@ async def test_database_stopped_during_intake(tmp_path, pki, peer):
     finally:
         await hub.stop(grace=2)
         await asyncio.to_thread(emb.stop, "immediate")
+        shutil.rmtree(own, ignore_errors=True)
