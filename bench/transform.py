@@ -2,8 +2,9 @@
   (a) HPRIM Santé -> HL7 ORU -> CDA CR-BIO N3 (XSD-validated) -> IHE_XDM.zip -> MSSanté mail
   (b) PDF (200 KB) + metadata headers -> CDA N1 (XSD-validated) -> IHE_XDM.zip -> MSSanté mail
 
-Usage: python bench/transform.py [--seconds 3] [--shared ../shared] [--profile]
-Prints lines like `hprim_to_cda_n3_xdm: 812 docs/s`. Target: >= 500 docs/s each.
+Usage: python bench/transform.py [--seconds 3] [--repeat 1] [--shared ../shared] [--profile]
+Prints lines like `hprim_to_cda_n3_xdm: 812 docs/s`. Target: >= 500 docs/s each. On a shared, busy machine, use
+--repeat N: the best of N runs of --seconds each (the run least disturbed by other processes).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def rate(fn, seconds: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--repeat", type=int, default=1, help="best of N runs")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
@@ -75,7 +77,7 @@ def main() -> None:
             prof = cProfile.Profile()
             prof.runcall(lambda: [fn() for _ in range(200)])
             pstats.Stats(prof).sort_stats("cumulative").print_stats(15)
-        print(f"{name}: {rate(fn, args.seconds):.0f} docs/s")
+        print(f"{name}: {max(rate(fn, args.seconds) for _ in range(max(args.repeat, 1))):.0f} docs/s")
 
 
 if __name__ == "__main__":
