@@ -37,7 +37,9 @@ def _detector(body: bytes) -> tuple[str | None, str | None]:
 def _listen_socket(listen: str, reuse_port: bool) -> socket.socket:
     host, port = split_hostport(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without it
+    # pipelined replies wait for the client's delayed ACK (40 ms per message)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

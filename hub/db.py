@@ -209,12 +209,19 @@ def urls(settings: Settings, *, start_embedded: bool = True) -> Urls:
     return Urls(admin=emb.url("postgres"), runtime=emb.url(RUNTIME_ROLE))
 
 
-async def connect(url: str, settings: Settings | None = None) -> asyncpg.Connection:
+async def connect(url: str, settings: Settings | None = None, *, patience: float = 30.0) -> asyncpg.Connection:
+    """Connect; while the server says it is starting up or shutting down, keep trying for `patience` seconds."""
     timeout = settings.database.connect_timeout if settings else 10.0
-    try:
-        return await asyncpg.connect(url, timeout=timeout)
-    except UNAVAILABLE as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    deadline = asyncio.get_running_loop().time() + patience
+    while True:
+        try:
+            return await asyncpg.connect(url, timeout=timeout)
+        except asyncpg.exceptions.CannotConnectNowError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            await asyncio.sleep(0.5)
+        except UNAVAILABLE as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

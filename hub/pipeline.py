@@ -161,6 +161,8 @@ class Router:
         for r, d in zip(recipients, decisions):
             a = d.actions
             r.rule_id = d.rule_id
+            if a.priority is not None:
+                r.priority = a.priority
             if a.disposition == "redirect" and a.redirect:
                 r.address = a.redirect
             plan: dict = {}
@@ -190,7 +192,7 @@ class Router:
             out.append(r)
             for extra in a.copy_to:
                 copy = NewRecipient(extra, extra, state=r.state, plan=r.plan, rule_id=d.rule_id,
-                                    resolution=f"copy:{d.rule_id}")
+                                    resolution=f"copy:{d.rule_id}", priority=r.priority)
                 out.append(copy)
                 events.append(Event("routed", recipient=extra, rule_version=d.version, doc_type=doc_code,
                                     facts={**facts, "rcpt": extra, "copy_of": r.address}))

@@ -65,13 +65,11 @@ class ClientPool:
     async def acquire(self, hop: NextHop) -> Connection:
         idle = self._idle.get(hop.key, [])
         while idle:
+            # a released connection is between transactions (transact() always ends with a final reply or RSET,
+            # and a connection in doubt is never released as reusable): no RSET round trip needed
             conn = idle.pop()
             if time.monotonic() - conn.last_used < self.max_idle and conn.smtp.is_connected:
-                try:
-                    await conn.smtp.rset(timeout=self.settings.delivery.command_timeout)
-                    return conn
-                except _NETWORK_ERRORS:
-                    pass
+                return conn
             await self._close(conn)
         return await self._connect(hop)
 

@@ -56,6 +56,7 @@ class NewRecipient:
     resolution: str | None = None
     plan: dict | None = None         # processing plan for state "pending"
     rule_id: str | None = None
+    priority: int = 0
     facts: dict = field(default_factory=dict)   # resolution facts for the audit trail (not stored as such)
 
     @property
@@ -88,9 +89,9 @@ async def insert_message(conn: asyncpg.Connection, m: NewMessage) -> None:
         m.rule_version)
     rs = m.recipients
     await conn.execute(
-        "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution, plan, rule_id)"
-        " SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
-        " $8::text[], $9::jsonb[], $10::text[])",
+        "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution, plan, rule_id,"
+        " priority) SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+        " $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::int[])",
         m.id, [r.rcpt for r in rs], [r.address.lower() for r in rs], [r.domain for r in rs], [r.state for r in rs],
         [r.notify for r in rs], [r.orcpt for r in rs], [r.resolution for r in rs], [r.plan for r in rs],
-        [r.rule_id for r in rs])
+        [r.rule_id for r in rs], [r.priority for r in rs])

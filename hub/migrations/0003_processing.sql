@@ -13,3 +13,6 @@ CREATE INDEX message_variant_message ON message_variant (message_id);
 ALTER TABLE recipient ADD COLUMN variant_id bigint REFERENCES message_variant(id);
 ALTER TABLE recipient ADD COLUMN plan jsonb;       -- for state 'pending': {"transform":..., "headers":..., ...}
 ALTER TABLE recipient ADD COLUMN rule_id text;
+ALTER TABLE recipient ADD COLUMN priority integer NOT NULL DEFAULT 0;   -- routing rule `priority`: higher first
+DROP INDEX recipient_due;
+CREATE INDEX recipient_due ON recipient (priority DESC, next_attempt_at) WHERE state = 'queued';

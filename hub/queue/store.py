@@ -15,7 +15,7 @@ CLAIM = """
 WITH due AS (
     SELECT id FROM recipient
     WHERE state = 'queued' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
-    ORDER BY next_attempt_at
+    ORDER BY priority DESC, next_attempt_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )

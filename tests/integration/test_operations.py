@@ -103,3 +103,16 @@ async def test_poison_message_goes_dead_and_the_worker_carries_on(start_hub, pee
         await wait_for(lambda: len(peer.messages) == 2)
     finally:
         await hub2.stop(grace=1)
+
+
+async def test_claim_takes_higher_priority_first(conn):
+    from hub.queue import store
+
+    for mid, prio in (("low", 0), ("high", 5)):
+        await conn.execute("INSERT INTO message (id, mail_from, state, size, body) VALUES ($1, '', 'queued', 1, 'x')",
+                           mid)
+        await conn.execute("INSERT INTO recipient (message_id, rcpt, address, domain, state, priority)"
+                           " VALUES ($1, 'a@b.fr', 'a@b.fr', 'b.fr', 'queued', $2)", mid, prio)
+    first = await store.claim(conn, 1, 60, "test")
+    assert [r["message_id"] for r in first] == ["high"]
+    assert [r["message_id"] for r in await store.claim(conn, 5, 60, "test")] == ["low"]   # the leased one is skipped
