@@ -166,7 +166,7 @@ class HubMTA:
 
     def __init__(self, workdir: Path, sink_port: int, processes: int, database_url: str | None,
                  rules_dir: Path):
-        self.dir = workdir / "hub"
+        self.dir = workdir / self.name
         self.dir.mkdir(parents=True)
         self.port = free_port()
         self.sink_port = sink_port
@@ -193,6 +193,7 @@ class HubMTA:
         env = dict(os.environ, HUB_CONFIG=str(self.config))
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         return env
+
 
     def start(self) -> None:
         self.config.write_text(self._toml())
@@ -303,6 +304,24 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
+
+
+class HubWithoutAuditMTA(HubMTA):
+    """The same hub with its audit writes replaced by a no-op, only to measure what the audit trail costs
+    (`--audit-cost`). The replacement is a `sitecustomize` module put on this process's PYTHONPATH by the bench:
+    the hub has no setting to turn its audit off."""
+    name = "hub-no-audit"
+
+    def env(self) -> dict:
+        env = super().env()
+        site = self.dir / "site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(
+            "import hub.audit.store as _s\n"
+            "async def _no_record(conn, *events):\n    return None\n"
+            "_s.record = _no_record\n")
+        env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
 
 class PostfixMTA:
     name = "postfix"
@@ -550,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rules", type=Path, default=ROOT / "routing_rules",
                     help="routing rules directory for the hub (default: the shipped routing_rules/)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) at the end")
+    ap.add_argument("--audit-cost", action="store_true",
+                    help="also run the hub without its audit writes and print what they cost (implies --no-postfix)")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     concs = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -557,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("sizes and concurrency must be positive numbers (concurrency at most 1000)")
 
     postfix_bin = None
+    if args.audit_cost:
+        args.no_postfix = True
     if not args.no_postfix:
         postfix_bin = shutil.which("postfix") or ("/usr/sbin/postfix" if Path("/usr/sbin/postfix").exists() else None)
         if postfix_bin and os.geteuid() != 0:
@@ -569,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
           f"MTAs share the machine, other work on it makes the figures noisy")
     workdir = Path(tempfile.mkdtemp(prefix="hub-relay-bench-"))
     workdir.chmod(0o755)
-    sink = hub = pf = None
+    sink = hub = pf = bare = None
     interrupted = False
 
     def on_term(signum, _frame):
@@ -582,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         hub = HubMTA(workdir, sink.port, args.processes, args.database_url or None, args.rules.resolve())
         hub.start()
         mtas = [hub]
+        if args.audit_cost:
+            bare = HubWithoutAuditMTA(workdir, sink.port, args.processes, args.database_url or None,
+                                      args.rules.resolve())
+            bare.start()
+            mtas.append(bare)
         if postfix_bin:
             pf = PostfixMTA(workdir, sink.port, postfix_bin)
             pf.start()
@@ -603,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
                     results[(mta.name, size, conc)] = r
                     print(r.line(), flush=True)
                     print(r.detail, flush=True)
+                if args.audit_cost:
+                    a, b = results[("hub", size, conc)], results[("hub-no-audit", size, conc)]
+                    cost = f"{(1 - a.rate / b.rate) * 100:.1f}%" if b.rate else "n/a"
+                    print(f"audit writes cost {size}KB c={conc}: {cost} of relay throughput "
+                          f"({a.rate:.0f} with, {b.rate:.0f} without)", flush=True)
                 if pf is not None:
                     a, b = results[("hub", size, conc)], results[("postfix", size, conc)]
                     ratio = f"{a.rate / b.rate:.2f}" if b.rate else "n/a"
@@ -628,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for m in (pf, hub):
+        for m in (pf, hub, bare):
             if m is not None:
                 with contextlib.suppress(Exception):
                     m.stop()

@@ -23,7 +23,7 @@ import asyncpg
 
 @dataclass(frozen=True)
 class Event:
-    event: str                       # past-tense fact: received, queued, delivery_attempted, delivered, ...
+    event: str                       # past-tense fact: received, routed, delivered (each outcome records its attempt), ...
     message_id: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     account: str | None = None

@@ -256,10 +256,9 @@ class DeliveryWorker:
                 continue
             base = dict(message_id=r["message_id"], account=r["account"], sender=r["mail_from"],
                         recipient=r["address"])
-            if res.hop:
-                events.append(Event("delivery_attempted", facts={
-                    "attempt": r["attempts"] + 1, "next_hop": res.hop, "tls": res.tls,
-                    "peer_certificate": res.peer_subject, "reply": o.reply}, **base))
+            # each outcome event is the record of the attempt that produced it (one event, not two)
+            attempt = {"attempt": r["attempts"] + 1, "next_hop": res.hop, "tls": res.tls,
+                       "peer_certificate": res.peer_subject} if res.hop else {"attempt": r["attempts"] + 1}
             kind = o.kind
             if kind == "temporary" and self.schedule.expired(r["received_at"], now):
                 kind, o = "permanent", Outcome("permanent", f"{o.reply} (gave up after "
@@ -270,7 +269,7 @@ class DeliveryWorker:
             if kind == "delivered":
                 delivered.append(r["id"])
                 replies[r["id"]] = o.reply
-                events.append(Event("delivered", facts={"reply": o.reply, "next_hop": res.hop}, **base))
+                events.append(Event("delivered", facts={**attempt, "reply": o.reply}, **base))
                 if dsn.wants("success", r["notify"], r["mail_from"]) and "SUCCESS" in (r["notify"] or ""):
                     successes[r["message_id"]].append((r, o))
             elif kind == "temporary":
@@ -278,13 +277,13 @@ class DeliveryWorker:
                     and dsn.wants("delay", r["notify"], r["mail_from"])
                 nxt = self.schedule.next_attempt(r["attempts"] + 1, now)
                 deferred.append((r["id"], o.reply, nxt, r["delay_notified"] or notice))
-                events.append(Event("deferred", facts={"reply": o.reply, "next_attempt_at": nxt.isoformat(),
-                                                       "attempt": r["attempts"] + 1}, **base))
+                events.append(Event("deferred", facts={**attempt, "reply": o.reply,
+                                                       "next_attempt_at": nxt.isoformat()}, **base))
                 if notice:
                     delays[r["message_id"]].append((r, o))
             elif kind == "permanent":
                 finals.append((r["id"], "bounced", o.reply))
-                events.append(Event("bounced", facts={"reply": o.reply}, **base))
+                events.append(Event("bounced", facts={**attempt, "reply": o.reply}, **base))
                 if dsn.wants("failure", r["notify"], r["mail_from"]):
                     bounces[r["message_id"]].append((r, o))
             else:   # dead

@@ -171,7 +171,10 @@ BEGIN
     -- the search keys of the events just sealed, dated by their message's reception
     INSERT INTO audit_message_key (kind, value, received_at, message_id)
     SELECT DISTINCT k.kind::"char", k.value, coalesce(m.received_at, ev.at), ev.message_id
-    FROM (SELECT * FROM audit_event WHERE id > hw AND id <= batch_to AND message_id IS NOT NULL) ev
+    -- keys come from the events that bring new ones (who, to whom, which patient, which document, which rules);
+    -- delivery outcomes repeat a recipient already keyed at reception or routing
+    FROM (SELECT * FROM audit_event WHERE id > hw AND id <= batch_to AND message_id IS NOT NULL
+          AND event IN ('received', 'routed', 'transformed', 'notification_sent')) ev
     JOIN (SELECT d.message_id, (SELECT r.at FROM audit_event r WHERE r.message_id = d.message_id
                                   AND r.event = 'received' ORDER BY r.id LIMIT 1) AS received_at
           FROM (SELECT DISTINCT message_id FROM audit_event
