@@ -220,6 +220,16 @@ async def run_process(settings: Settings, runtime_url: str, index: int, reuse_po
     await hub.stop()
 
 
+def _run(coro) -> None:
+    """Run a hub process's event loop: uvloop when installed (a faster loop, same semantics), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
 def _die_with_parent() -> None:
     """Linux: a worker process gets SIGKILL when the supervisor dies, so no orphan keeps the port."""
     with contextlib.suppress(Exception):
@@ -246,7 +256,7 @@ def serve(settings: Settings) -> int:
 def _supervise(settings: Settings, urls: db.Urls) -> int:
     n = settings.hub.processes or os.cpu_count() or 1
     if n == 1:
-        asyncio.run(run_process(settings, urls.runtime, 0, reuse_port=False))
+        _run(run_process(settings, urls.runtime, 0, reuse_port=False))
         return 0
     children: dict[int, int] = {}
     stopping = False
@@ -259,7 +269,7 @@ def _supervise(settings: Settings, urls: db.Urls) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 0
             try:
-                asyncio.run(run_process(settings, urls.runtime, index, reuse_port=True))
+                _run(run_process(settings, urls.runtime, index, reuse_port=True))
             except BaseException:
                 log.exception("process_failed", process=index)
                 code = 1

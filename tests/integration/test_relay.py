@@ -132,6 +132,12 @@ async def test_unlisted_domain_and_open_relay_are_refused(start_hub, pki):
         out["foreign_sender"] = s.mail("ceo@other-hospital.example")
         return out
 
+    def after_tls(s):
+        return {e: s.has_extn(e) for e in ("auth", "starttls", "dsn", "pipelining")}, s.esmtp_features.get("auth")
+
+    features, mechanisms = await c.session(after_tls)
+    assert features == {"auth": True, "starttls": False, "dsn": True, "pipelining": True}
+    assert set(mechanisms.split()) == {"PLAIN", "LOGIN"}
     out = await c.session(probe)
     assert out["unlisted"][0] == 550 and out["unlisted"][1].startswith(b"5.7.1 Relay access denied")
     assert out["hub_domain"][0] == 550 and out["hub_domain"][1].startswith(b"5.1.1")
@@ -142,6 +148,8 @@ async def test_unlisted_domain_and_open_relay_are_refused(start_hub, pki):
 
     def no_tls(s):
         assert not s.has_extn("auth")                           # AUTH only after STARTTLS
+        for ext in ("starttls", "size", "8bitmime", "pipelining", "enhancedstatuscodes", "dsn"):
+            assert s.has_extn(ext), ext
         return s.docmd("AUTH", "PLAIN AGNoLXRlc3QAeA==")
 
     plain = Client(hub.smtp_port, pki["ca_file"], tls=False)
