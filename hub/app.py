@@ -68,8 +68,6 @@ class Hub:
         self.http_port: int | None = None
 
     async def start(self) -> "Hub":
-        from aiosmtpd.smtp import SMTP  # noqa: F401  (import check)
-
         from hub.delivery.worker import DeliveryWorker
         from hub.directory.trust import TrustSpace
         from hub.intake.accounts import AccountBook
@@ -122,7 +120,7 @@ class Hub:
     async def _start_services(self) -> None:
         """Rules (validated, versioned), transformations, the audit key: before intake opens."""
         from hub.audit.patient import load_patient_key, patient_key
-        from hub.rules import RulesService, transform_names
+        from hub.rules import RulesService
         from hub.transform.registry import build_registry
 
         s = self.settings

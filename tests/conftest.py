@@ -98,10 +98,24 @@ async def database(pg_cluster):
         await conn.close()
 
 
+async def _connection(url: str):
+    c = await asyncpg.connect(url)
+    await db._init_connection(c)
+    return c
+
+
 @pytest.fixture
 async def conn(database):
-    c = await asyncpg.connect(database.runtime_url)
-    await db._init_connection(c)
+    """A connection as the hub's runtime role."""
+    c = await _connection(database.runtime_url)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def admin(database):
+    """A connection as the admin (superuser on the embedded server): what tampering tests use."""
+    c = await _connection(database.admin_url)
     yield c
     await c.close()
 

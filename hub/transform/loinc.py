@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from hub.errors import ConfigError
-from hub.transform.model import LabReport, Result
+from hub.transform.model import LabReport
 
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 _UCUM_SAFE = re.compile(r"^[!-~]+$")   # printable ASCII, no space

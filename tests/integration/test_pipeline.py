@@ -2,13 +2,11 @@
 rejected recipients, reload under load. SMTP in with smtplib, trust-space peer out over mutual TLS."""
 
 import asyncio
-import dataclasses
 import email
 import io
 import zipfile
 from pathlib import Path
 
-import pytest
 from lxml import etree
 
 from hub.audit.store import timeline

@@ -1,7 +1,6 @@
 """The relay core end to end: real smtplib client with STARTTLS and AUTH, the hub, real trust-space peers that
 require the hub's client certificate, real PostgreSQL."""
 
-import asyncio
 import email
 import smtplib
 

@@ -20,14 +20,6 @@ KEY = bytes(range(32))
 
 
 @pytest.fixture
-async def admin(database):
-    c = await asyncpg.connect(database.admin_url)
-    await db._init_connection(c)
-    yield c
-    await c.close()
-
-
-@pytest.fixture
 def sealer():
     return AuditSealer(batch=1000, max_wait=5.0)
 
