@@ -142,12 +142,26 @@ class Hub:
         self.processor = Processor(s, self.work_pool, self.registry, patient_key=self.patient_key)
         self.processor.on_queued = self.delivery.wake
         self.handler.on_processing = self.processor.wake
-        tasks = [self.processor.run(self.stop_event), self.rules.watch(self.pool)]
+        tasks = [self.processor.run(self.stop_event), self.rules.watch(self.pool), self._refresh_views()]
         if self.index == 0:       # one sealer and one retention job per hub process group (advisory locks too)
             tasks.append(AuditSealer(interval=s.audit.seal_interval, batch=s.audit.seal_batch)
                          .run(self.pool, self.stop_event))
             tasks.append(retention_loop(self.pool, s, self.stop_event))
         return tasks
+
+    async def _refresh_views(self) -> None:
+        """Keep this process's view of the authorised domains and accounts current even without SMTP traffic
+        (health, delivery checks), every few seconds."""
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), 5.0)
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.trust.maybe_refresh(self.pool)
+                await self.accounts.maybe_refresh(self.pool)
+            except Exception as exc:          # keep the last view; intake answers 451 if the DB is really gone
+                log.warning("view_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def reload_rules(self, actor: str) -> None:
         async with self.pool.acquire() as conn:

@@ -106,3 +106,15 @@ async def test_claim_takes_higher_priority_first(conn):
     first = await store.claim(conn, 1, 60, "test")
     assert [r["message_id"] for r in first] == ["high"]
     assert [r["message_id"] for r in await store.claim(conn, 5, 60, "test")] == ["low"]   # the leased one is skipped
+
+
+async def test_running_hub_picks_up_a_new_trust_list(start_hub, conn, tmp_path):
+    from hub.directory import trust
+    from tests.support import trust_list_xml
+
+    hub = await start_hub({})
+    assert not hub.trust.is_trusted("nouveau.mssante.fr")
+    xml = tmp_path / "new.xml"
+    xml.write_bytes(trust_list_xml([("nouveau.mssante.fr", "CN=x"), ("medecin.mssante.fr", "CN=y")]))
+    await trust.import_list(conn, xml, force=True)
+    await wait_for(lambda: hub.trust.is_trusted("nouveau.mssante.fr"), timeout=30)   # without any SMTP traffic
