@@ -179,7 +179,9 @@ class Router:
             if a.on_invalid:
                 plan["on_invalid"] = a.on_invalid
             if plan:
-                r.plan = plan
+                if r.state == "held":
+                    plan.pop("hold")                 # the reason is in the routed event; what stays is the work
+                r.plan = plan or None
                 if r.state != "held":
                     r.state = "pending"
             facts = {"rule_id": d.rule_id, "rcpt": r.rcpt, "mail_from": mail_from,

@@ -48,6 +48,9 @@ class AccountBook:
             async with pool.acquire() as conn:
                 await self.load(conn)
 
+    def is_active(self, name: str) -> bool:
+        return name in self._by_name
+
     def by_name(self, name: str) -> Account | None:
         return self._by_name.get(name)
 

@@ -110,7 +110,7 @@ class IntakeHandler:
             if subject:
                 account = self.accounts.by_subject(subject)
         if account is not None:
-            if account.name not in self.accounts._by_name:      # disabled since login
+            if not self.accounts.is_active(account.name):      # disabled since login
                 return None, replies.AUTH_REQUIRED
             if mail_from and not account.may_send_as(mail_from):
                 return None, replies.SENDER_NOT_ALLOWED

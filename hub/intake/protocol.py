@@ -97,8 +97,7 @@ class HubSMTP(SMTP):
         if address and ("@" not in address or " " in address or len(address) > 320):
             await self.push(replies.MALFORMED_ADDRESS)
             return
-        if self.envelope.mail_from is not None and self.envelope.mail_from is not MISSING \
-                and getattr(self.envelope, "hub_mail_started", False):
+        if getattr(self.envelope, "hub_mail_started", False):
             await self.push(replies.NESTED_MAIL)
             return
         params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)

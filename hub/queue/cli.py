@@ -66,11 +66,19 @@ async def _release(args, ctx) -> int:
     async with ctx.connection() as conn:
         async with conn.transaction():
             st = await conn.fetchval("SELECT state FROM message WHERE id = $1 FOR UPDATE", args.message_id)
-            if st != "held":
-                raise InputError(f"message {args.message_id} is {st or 'unknown'}, not held")
-            await conn.execute("UPDATE recipient SET state = 'queued', next_attempt_at = now()"
-                               " WHERE message_id = $1 AND state = 'held'", args.message_id)
-            await conn.execute("UPDATE message SET state = 'queued' WHERE id = $1", args.message_id)
+            if st is None:
+                raise InputError(f"no message {args.message_id}")
+            # a rule's hold keeps its plan (transform, header edits): those recipients go through processing;
+            # a hold after a failed transformation has no plan left: the original is sent
+            released = await conn.fetch(
+                "UPDATE recipient SET state = CASE WHEN plan IS NULL THEN 'queued' ELSE 'pending' END,"
+                " next_attempt_at = now(), updated_at = now() WHERE message_id = $1 AND state = 'held'"
+                " RETURNING state", args.message_id)
+            if not released:
+                raise InputError(f"message {args.message_id} has no held recipient (it is {st})")
+            pending = any(r["state"] == "pending" for r in released)
+            await conn.execute("UPDATE message SET state = $2, lease_until = NULL WHERE id = $1",
+                               args.message_id, "processing" if pending else "queued")
             from hub.audit.store import Event, record
 
             await record(conn, Event("released", message_id=args.message_id, facts={"by": "cli"}))

@@ -213,8 +213,8 @@ class Processor:
                 events += await enqueue_notification(conn, self.settings.smtp.hostname, "failure", msg["id"],
                                                      [(i, Outcome("permanent", reply)) for i, _ in items])
         else:
-            await conn.execute("UPDATE recipient SET state = 'held', last_reply = $2, updated_at = now()"
-                               " WHERE id = ANY($1)", ids, f"held: transformation failed: {reason}")
+            await conn.execute("UPDATE recipient SET state = 'held', plan = NULL, last_reply = $2,"
+                               " updated_at = now() WHERE id = ANY($1)", ids, f"held: transformation failed: {reason}")
             events.append(Event("held", facts={"reason": f"transformation failed: {reason}"}, **base))
         return events
 

@@ -2,6 +2,7 @@
 rejected recipients, reload under load. SMTP in with smtplib, trust-space peer out over mutual TLS."""
 
 import asyncio
+import os
 import email
 import io
 import zipfile
@@ -38,6 +39,17 @@ async def import_directory(conn, tmp_path):
     path = tmp_path / "Extraction_Correspondance_MSSante_202611220200.txt"
     path.write_text("|".join(MSSANTE_HEADER) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
     return await import_file(conn, path, force=True)
+
+
+async def cli(hub, *args) -> int:
+    """Run a `hub` subcommand against the hub's database, as an operator would."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HUB_DATABASE_URL=hub.runtime_url)
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "hub", *args], env=env,
+                                   capture_output=True, text=True, timeout=60)
+    return proc.returncode
 
 
 def rules_dir(tmp_path, text: str) -> Path:
@@ -95,7 +107,7 @@ rules:
       reject: {code: 550, enhanced: 5.7.1, text: "Test messages may not go to laboratories"}
   - id: hold-night
     match: {header: {subject: {regex: "^URGENT HOLD"}}}
-    then: {hold: "checked by the secretariat"}
+    then: {hold: "checked by the secretariat", headers: {add: {X-Hub-Checked: secretariat}}}
   - id: copy-and-tag
     match: {rcpt: "dr.copy@medecin.mssante.fr"}
     then:
@@ -120,18 +132,10 @@ rules:
     assert ("new@medecin.mssante.fr",) in by_rcpt and b"X-Internal: secret" in by_rcpt[("new@medecin.mssante.fr",)].content
     assert await conn.fetchval("SELECT state FROM recipient WHERE message_id = $1", held) == "held"
     assert not any("dr.a@medecin.mssante.fr" in m.rcpt_tos for m in peer.messages)
-    from hub.cli import main
-
-    env_cfg = {"HUB_DATABASE_URL": hub.runtime_url}
-    import os
-    old = {k: os.environ.get(k) for k in env_cfg}
-    os.environ.update(env_cfg)
-    try:
-        assert await asyncio.to_thread(main, ["queue", "release", held]) == 0
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert await cli(hub, "queue", "release", held) == 0
     await wait_for(lambda: any("dr.a@medecin.mssante.fr" in m.rcpt_tos for m in peer.messages))
+    released = next(m for m in peer.messages if "dr.a@medecin.mssante.fr" in m.rcpt_tos)
+    assert b"X-Hub-Checked: secretariat" in released.content      # the rule's other actions still apply
 
 
 async def test_hprim_from_a_lab_arrives_as_valid_cda_in_xdm(start_hub, peer, conn, pki, tmp_path):
@@ -194,6 +198,10 @@ rules:
     events = {e["event"]: e for e in await timeline(conn, mid)}
     assert events["transform_failed"]["facts"]["decision"] == "hold"
     assert not peer.messages
+    assert await cli(hub, "queue", "release", mid) == 0         # the operator looked: send the original
+    await wait_for(lambda: peer.messages)
+    assert b"Bonjour," in peer.messages[0].content and b"IHE_XDM" not in peer.messages[0].content
+    assert await cli(hub, "queue", "release", mid) == 2         # nothing held any more: an error, exit 2
 
 
 async def test_rules_reload_under_load_never_mixes_versions(start_hub, peer, conn, pki, tmp_path):
