@@ -52,13 +52,22 @@ _INSERT = ("INSERT INTO audit_event (message_id, event, account, sender, recipie
            " rule_version, actor, facts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)")
 
 
+_INSERT_MANY = ("INSERT INTO audit_event (message_id, event, account, sender, recipient, patient_key, doc_type,"
+                " rule_version, actor, facts) SELECT message_id, event, account, sender, recipient, patient_key,"
+                " doc_type, rule_version, actor, facts FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+                " $5::text[], $6::bytea[], $7::text[], $8::int[], $9::text[], $10::text[]::jsonb[])"
+                " WITH ORDINALITY AS e(message_id, event, account, sender, recipient, patient_key, doc_type,"
+                " rule_version, actor, facts, n) ORDER BY n")
+
+
 async def record(conn: asyncpg.Connection, *events: Event) -> None:
-    """Append events (in order) inside the caller's transaction."""
+    """Append events (in order) inside the caller's transaction. Several events go in one statement (one
+    execution for all rows: measured cheaper than executemany from two rows on)."""
     rows = [_row(e) for e in events]
     if len(rows) == 1:
         await conn.execute(_INSERT, *rows[0])
     elif rows:
-        await conn.executemany(_INSERT, rows)
+        await conn.execute(_INSERT_MANY, *(list(column) for column in zip(*rows)))
 
 
 EVENT_COLUMNS = ("id", "at", "event", "message_id", "account", "sender", "recipient", "patient_key", "doc_type",
