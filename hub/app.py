@@ -22,6 +22,7 @@ import time
 import structlog
 
 from hub import db, observability as obs
+from hub.queue import store as queue_store
 from hub.settings import Settings, split_hostport
 
 log = structlog.get_logger("hub.app")
@@ -160,6 +161,11 @@ class Hub:
             try:
                 await self.trust.maybe_refresh(self.pool)
                 await self.accounts.maybe_refresh(self.pool)
+                if self.index == 0:            # one sample for the whole hub
+                    async with self.pool.acquire() as conn:
+                        counts = await queue_store.depth(conn)
+                    for state in ("pending", "queued", "held"):
+                        obs.QUEUE_DEPTH.labels(state).set(counts.get(state, 0))
             except Exception as exc:          # keep the last view; intake answers 451 if the DB is really gone
                 log.warning("view_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 

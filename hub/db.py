@@ -19,7 +19,6 @@ import hashlib
 import os
 import pwd
 import re
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -342,8 +341,3 @@ async def _grant_runtime(conn: asyncpg.Connection, role: str) -> None:
             await conn.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON "{name}" TO "{role}"')
     # functions the runtime may call (e.g. partition maintenance defined SECURITY DEFINER by migrations)
     await conn.execute(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO "{role}"')
-
-
-def check_pg_tools() -> None:
-    if shutil.which("useradd") is None and os.geteuid() == 0:
-        raise ConfigError("running as root needs `useradd` to create the PostgreSQL system user")

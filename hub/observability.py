@@ -24,8 +24,8 @@ DELIVERY_SECONDS = Histogram("hub_delivery_seconds", "One SMTP transaction to a 
                              buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
 NOTIFICATIONS = Counter("hub_notifications_total", "Delivery status notifications generated", ["kind"])
 DEAD = Counter("hub_messages_dead_total", "Messages moved to the dead state", ["stage"])
-QUEUE_DEPTH = Gauge("hub_queue_recipients", "Recipients by state (sampled)", ["state"],
-                    multiprocess_mode="liveall")
+QUEUE_DEPTH = Gauge("hub_queue_recipients", "Recipients waiting, by state (sampled every few seconds)", ["state"],
+                    multiprocess_mode="max")
 RULES_VERSION = Gauge("hub_rules_version", "Active routing rule-set version", multiprocess_mode="max")
 RULES_FAILED = Gauge("hub_rules_reload_failed", "1 while the rule files on disk are invalid (last good set kept)",
                      multiprocess_mode="max")

@@ -35,16 +35,6 @@ def fold(text: str) -> str:
     return _NON_ALNUM.sub(" ", text).strip()
 
 
-def fold_words(*parts: str | None) -> str:
-    """Fold several fields into one space-separated search text, each word once, in order of appearance."""
-    seen: dict[str, None] = {}
-    for part in parts:
-        if part:
-            for word in fold(part).split():
-                seen.setdefault(word, None)
-    return " ".join(seen)
-
-
 def address(rcpt: str) -> str | None:
     """The lower-case mailbox address in `rcpt` (angle brackets and spaces removed), or None if it is not one."""
     if not rcpt:

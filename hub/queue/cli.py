@@ -3,6 +3,9 @@ requeue dead."""
 
 from __future__ import annotations
 
+import getpass
+
+from hub.audit.store import Event, record
 from hub.errors import InputError
 
 
@@ -79,10 +82,7 @@ async def _release(args, ctx) -> int:
             pending = any(r["state"] == "pending" for r in released)
             await conn.execute("UPDATE message SET state = $2, lease_until = NULL WHERE id = $1",
                                args.message_id, "processing" if pending else "queued")
-            from hub.audit.store import Event, record
-
-            await record(conn, Event("released", message_id=args.message_id, facts={"by": "cli"}))
-            await conn.execute("NOTIFY hub_queue")
+            await _operator_action(conn, "released", args.message_id)
     print(f"message {args.message_id} released")
     return 0
 
@@ -96,9 +96,12 @@ async def _requeue(args, ctx) -> int:
                 raise InputError(f"message {args.message_id} has no dead recipient")
             await conn.execute("UPDATE message SET state = 'queued', dead_reason = NULL, finished_at = NULL"
                                " WHERE id = $1", args.message_id)
-            from hub.audit.store import Event, record
-
-            await record(conn, Event("requeued", message_id=args.message_id, facts={"by": "cli"}))
-            await conn.execute("NOTIFY hub_queue")
+            await _operator_action(conn, "requeued", args.message_id)
     print(f"message {args.message_id} requeued")
     return 0
+
+
+async def _operator_action(conn, event: str, message_id: str) -> None:
+    """Audit an operator's action on a message (who: the OS user running the command) and wake the workers."""
+    await record(conn, Event(event, message_id=message_id, actor=getpass.getuser(), facts={"by": "cli"}))
+    await conn.execute("NOTIFY hub_queue")

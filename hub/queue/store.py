@@ -6,7 +6,6 @@ A row recovered more than queue.max_recoveries times goes to `dead` (poison prot
 
 from __future__ import annotations
 
-from datetime import datetime
 
 import asyncpg
 
@@ -36,25 +35,6 @@ async def claim(conn: asyncpg.Connection, limit: int, lease_seconds: int, owner:
 
 async def bodies(conn: asyncpg.Connection, ids: list[str]) -> dict[str, bytes | None]:
     return {r["id"]: r["body"] for r in await conn.fetch("SELECT id, body FROM message WHERE id = ANY($1)", ids)}
-
-
-async def set_delivered(conn, ids: list[int], reply: str) -> None:
-    await conn.execute(
-        "UPDATE recipient SET state = 'delivered', attempts = attempts + 1, last_reply = $2, lease_until = NULL,"
-        " lease_owner = NULL, updated_at = now() WHERE id = ANY($1)", ids, reply)
-
-
-async def set_deferred(conn, rid: int, reply: str, next_at: datetime, delay_notified: bool) -> None:
-    await conn.execute(
-        "UPDATE recipient SET attempts = attempts + 1, last_reply = $2, next_attempt_at = $3, lease_until = NULL,"
-        " lease_owner = NULL, delay_notified = $4, updated_at = now() WHERE id = $1",
-        rid, reply, next_at, delay_notified)
-
-
-async def set_final(conn, rid: int, state: str, reply: str) -> None:
-    await conn.execute(
-        "UPDATE recipient SET state = $2, attempts = attempts + 1, last_reply = $3, lease_until = NULL,"
-        " lease_owner = NULL, updated_at = now() WHERE id = $1", rid, state, reply)
 
 
 async def finish_messages(conn, message_ids: list[str]) -> list[str]:

@@ -81,15 +81,6 @@ def read_dir(path: str | Path) -> dict[str, str]:
     return files
 
 
-def check(files: Mapping[str, str], transforms: Collection[str]) -> list[RuleError]:
-    """Every error in the set (empty: valid)."""
-    try:
-        compile_files(files, transforms)
-    except RulesInvalid as exc:
-        return list(exc.errors)
-    return []
-
-
 def compile_files(files: Mapping[str, str], transforms: Collection[str], *, version: int = 0) -> RuleSet:
     """Validate and compile; raise RulesInvalid with every error found."""
     errors: list[RuleError] = []

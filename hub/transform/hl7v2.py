@@ -105,11 +105,6 @@ def parse_er7(data: bytes) -> Er7:
     return Er7(segments, fs, cs, rs, esc, ss)
 
 
-def message_type(msg: Er7) -> tuple[str, str]:
-    c = msg.comps(msg.msh.get(9), 2)
-    return c[0], c[1]
-
-
 # ---------------------------------------------------------------- reading LAB-3 ORU
 
 def read_patient(msg: Er7) -> Patient:

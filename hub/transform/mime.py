@@ -11,7 +11,7 @@ ParseError.
 
 Writing: `build_message` keeps the original routing headers, never the internal `X-Hub-*` ones (they carry patient
 data); ASCII header values are written as they are, others as RFC 2047 base64 encoded-words. Bodies are base64 in
-76-column CRLF lines (`encode_lines`, 64 lines per C call, no big intermediate buffer), or lines the caller already
+76-column CRLF lines (`_line_pieces`, 64 lines per C call, no big intermediate buffer), or lines the caller already
 has (`Attachment.encoded`). The message is joined once. Reads no settings.
 """
 
@@ -86,11 +86,11 @@ class Part:
 
 class Base64(NamedTuple):
     text: list[bytes]                # b64encode(payload), in pieces to join
-    lines: memoryview | None         # encode_lines(payload), but for a final CRLF (None: not in that layout)
+    lines: memoryview | None         # the base64 lines of payload, but for a final CRLF (None: not in that layout)
 
 
 def _mime_lines(raw: memoryview) -> memoryview | None:
-    """`raw` without a final CRLF when its CR and LF are where `encode_lines` puts them: after every 76 characters
+    """`raw` without a final CRLF when its CR and LF are where `_line_pieces` puts them: after every 76 characters
     but the last ones (the last CRLF belongs to the boundary delimiter in a multipart); else None."""
     raw = raw[:-2] if raw[-2:] == b"\r\n" else raw
     full, last = divmod(len(raw), LINE + 2)
@@ -266,13 +266,8 @@ def header_text(headers: EmailMessage, names: Collection[str]) -> dict[str, str]
 
 # ---------------------------------------------------------------- writing
 
-def encode_lines(data: bytes) -> bytes:
-    """base64 in CRLF-terminated 76-character lines."""
-    return b"".join(_line_pieces(data))
-
-
 def _line_pieces(data: bytes) -> list[bytes]:
-    """encode_lines(data) as pieces to join, 64 lines at a time: no big intermediate buffer, no object per line."""
+    """base64 in CRLF-terminated 76-character lines, as pieces to join, 64 lines at a time: no big intermediate buffer, no object per line."""
     view, out = memoryview(data), []
     for start in range(0, len(data), _DATA_BLOCK):
         text = binascii.b2a_base64(view[start:start + _DATA_BLOCK], newline=False)

@@ -67,10 +67,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return web.json_response({"error": f"no such endpoint: {request.path}"}, status=404)
-
-
 def build(hub, extra_setups=()) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
     app["hub"] = hub

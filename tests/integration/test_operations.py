@@ -39,6 +39,12 @@ async def test_health_metrics_and_admin_auth(start_hub, peer, pki):
         SENDER, ["a@medecin.mssante.fr"], message())
     code, body = await asyncio.to_thread(get, base + "/metrics")
     assert code == 200 and received(body) == before + 1
+    # the queue depth is sampled in the background
+
+    async def depth_exported():
+        return b'hub_queue_recipients{state="queued"}' in (await asyncio.to_thread(get, base + "/metrics"))[1]
+
+    await wait_for(depth_exported, timeout=30)
     code, body = await asyncio.to_thread(get, base + "/api/queue")
     assert code == 401 and "error" in json.loads(body)
     code, body = await asyncio.to_thread(get, base + "/api/queue", "not-a-token")

@@ -136,6 +136,8 @@ rules:
     await wait_for(lambda: any("dr.a@medecin.mssante.fr" in m.rcpt_tos for m in peer.messages))
     released = next(m for m in peer.messages if "dr.a@medecin.mssante.fr" in m.rcpt_tos)
     assert b"X-Hub-Checked: secretariat" in released.content      # the rule's other actions still apply
+    release = next(e for e in await timeline(conn, held) if e["event"] == "released")
+    assert release["actor"]                                       # who released it is in the audit trail
 
 
 async def test_hprim_from_a_lab_arrives_as_valid_cda_in_xdm(start_hub, peer, conn, pki, tmp_path):
