@@ -62,6 +62,7 @@ class Hub:
         self.reuse_port = reuse_port
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
+        self.watchers: list[asyncio.Task] = []
         self.smtp_server = None
         self.http_runner = None
         self.rules = None
@@ -105,6 +106,8 @@ class Hub:
         self.tasks.append(asyncio.create_task(self.delivery.run(self.stop_event), name="delivery"))
         for extra in self._extra_tasks():
             self.tasks.append(asyncio.create_task(extra, name=getattr(extra, "__name__", "task")))
+        # watchers hold no work in flight and run until cancelled: stop() cancels them at once
+        self.watchers = [asyncio.create_task(self.rules.watch(self.pool), name="rules-watch")]
         if self.http_enabled:
             await self._start_http()
         log.info("hub_started", process=self.index, smtp=f"{s.smtp.listen}", smtp_port=self.smtp_port,
@@ -143,7 +146,7 @@ class Hub:
         self.processor = Processor(s, self.work_pool, self.registry, patient_key=self.patient_key)
         self.processor.on_queued = self.delivery.wake
         self.handler.on_processing = self.processor.wake
-        tasks = [self.processor.run(self.stop_event), self.rules.watch(self.pool), self._refresh_views()]
+        tasks = [self.processor.run(self.stop_event), self._refresh_views()]
         if self.index == 0:       # one sealer and one retention job per hub process group (advisory locks too)
             tasks.append(AuditSealer(interval=s.audit.seal_interval, batch=s.audit.seal_batch)
                          .run(self.pool, self.stop_event))
@@ -212,12 +215,16 @@ class Hub:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.smtp_server.wait_closed(), 5)
         self.stop_event.set()
-        if self.tasks:
+        for t in self.watchers:
+            t.cancel()
+        if self.tasks:                      # work in flight: until done or the grace period ends
             done, pending = await asyncio.wait(self.tasks, timeout=max(1.0, deadline - time.monotonic()))
-            for t in pending:               # watchers that run until cancelled
+            for t in pending:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        if self.watchers:
+            await asyncio.wait(self.watchers, timeout=5)
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         for pool in (self.pool, self.work_pool):

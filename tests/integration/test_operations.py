@@ -124,3 +124,14 @@ async def test_running_hub_picks_up_a_new_trust_list(start_hub, conn, tmp_path):
     xml.write_bytes(trust_list_xml([("nouveau.mssante.fr", "CN=x"), ("medecin.mssante.fr", "CN=y")]))
     await trust.import_list(conn, xml, force=True)
     await wait_for(lambda: hub.trust.is_trusted("nouveau.mssante.fr"), timeout=30)   # without any SMTP traffic
+
+
+async def test_graceful_stop_does_not_wait_for_watchers(start_hub, database, pki, tmp_path):
+    """Stopping an idle hub returns once its work tasks are done; the rules watcher is cancelled, not waited for
+    (it used to hold every stop for the whole grace period). The bound only detects that hang."""
+    from hub.app import Hub
+    from tests.support import settings_for
+
+    hub = await Hub(settings_for(tmp_path, database.runtime_url, pki, {}), database.runtime_url).start()
+    await asyncio.wait_for(hub.stop(grace=60), 30)
+    assert all(t.done() for t in hub.tasks + hub.watchers)
