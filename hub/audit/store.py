@@ -52,22 +52,29 @@ _INSERT = ("INSERT INTO audit_event (message_id, event, account, sender, recipie
            " rule_version, actor, facts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)")
 
 
-_INSERT_MANY = ("INSERT INTO audit_event (message_id, event, account, sender, recipient, patient_key, doc_type,"
-                " rule_version, actor, facts) SELECT message_id, event, account, sender, recipient, patient_key,"
-                " doc_type, rule_version, actor, facts FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-                " $5::text[], $6::bytea[], $7::text[], $8::int[], $9::text[], $10::text[]::jsonb[])"
-                " WITH ORDINALITY AS e(message_id, event, account, sender, recipient, patient_key, doc_type,"
-                " rule_version, actor, facts, n) ORDER BY n")
+# the events given as one array per column ($1 ... $10, see `columns`), inserted in array order
+INSERT_ROWS_FROM = ("INSERT INTO audit_event (message_id, event, account, sender, recipient, patient_key, doc_type,"
+                    " rule_version, actor, facts) SELECT message_id, event, account, sender, recipient, patient_key,"
+                    " doc_type, rule_version, actor, facts FROM unnest(")
+INSERT_ROWS_TAIL = ("::jsonb[]) WITH ORDINALITY AS e(message_id, event, account, sender, recipient, patient_key,"
+                    " doc_type, rule_version, actor, facts, n) ORDER BY n")
+_INSERT_MANY = (INSERT_ROWS_FROM + "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],"
+                " $7::text[], $8::int[], $9::text[], $10::text[]" + INSERT_ROWS_TAIL)
+
+
+def columns(events) -> list[list]:
+    """The events as ten column arrays, for INSERT_ROWS_FROM ... INSERT_ROWS_TAIL (empty arrays for no event)."""
+    rows = [_row(e) for e in events]
+    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(10)]
 
 
 async def record(conn: asyncpg.Connection, *events: Event) -> None:
     """Append events (in order) inside the caller's transaction. Several events go in one statement (one
     execution for all rows: measured cheaper than executemany from two rows on)."""
-    rows = [_row(e) for e in events]
-    if len(rows) == 1:
-        await conn.execute(_INSERT, *rows[0])
-    elif rows:
-        await conn.execute(_INSERT_MANY, *(list(column) for column in zip(*rows)))
+    if len(events) == 1:
+        await conn.execute(_INSERT, *_row(events[0]))
+    elif events:
+        await conn.execute(_INSERT_MANY, *columns(events))
 
 
 EVENT_COLUMNS = ("id", "at", "event", "message_id", "account", "sender", "recipient", "patient_key", "doc_type",

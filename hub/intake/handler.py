@@ -19,7 +19,7 @@ import structlog
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from hub import observability as obs
-from hub.audit.store import Event, record
+from hub.audit.store import Event
 from hub.delivery.notify import new_message_id
 from hub.db import UNAVAILABLE
 from hub.errors import HubError, TemporaryError
@@ -186,10 +186,8 @@ class IntakeHandler:
                                     "size": len(body),
                                     "login": "auth" if getattr(session, "hub_account", None) else
                                     ("certificate" if peer_subject(server) else "network")})
-            async with self.pool.acquire() as conn:
-                async with conn.transaction():
-                    await insert_message(conn, msg)
-                    await record(conn, received, *routed.events(message_id, msg.account, msg.mail_from))
+            async with self.pool.acquire() as conn:      # one statement, its own transaction: committed on return
+                await insert_message(conn, msg, [received, *routed.events(message_id, msg.account, msg.mail_from)])
         except (TemporaryError, *UNAVAILABLE) as exc:
             obs.SMTP_REPLIES.labels("451").inc()
             log.warning("intake_failed", message_id=message_id, error=f"{type(exc).__name__}: {exc}")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from collections.abc import Sequence
+
 import asyncpg
 
+from hub.audit import store as audit_store
+from hub.audit.store import Event
 from hub.intake.auth import Account
 
 
@@ -81,17 +85,29 @@ class NewMessage:
     extra: dict = field(default_factory=dict)
 
 
-async def insert_message(conn: asyncpg.Connection, m: NewMessage) -> None:
-    await conn.execute(
-        "INSERT INTO message (id, account, mail_from, state, size, body, peer, helo, tls_version, envid, ret,"
-        " rule_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        m.id, m.account, m.mail_from, m.state, len(m.body), m.body, m.peer, m.helo, m.tls_version, m.envid, m.ret,
-        m.rule_version)
+_INSERT_MESSAGE = (
+    "INSERT INTO message (id, account, mail_from, state, size, body, peer, helo, tls_version, envid, ret,"
+    " rule_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+_INSERT_RECIPIENTS = (
+    "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution, plan, rule_id,"
+    " priority) SELECT $1, * FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[],"
+    " $18::text[], $19::text[], $20::jsonb[], $21::text[], $22::int[])")
+# One statement, so accepting a message costs one round trip to PostgreSQL (and, outside a transaction block, its
+# own durable commit): the message, its recipients and its audit events are written together or not at all.
+_ACCEPT = (f"WITH m AS ({_INSERT_MESSAGE}), r AS ({_INSERT_RECIPIENTS}), a AS ({audit_store.INSERT_ROWS_FROM}"
+           "$23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::bytea[], $29::text[], $30::int[],"
+           " $31::text[], $32::text[]" f"{audit_store.INSERT_ROWS_TAIL}) SELECT 1")
+
+
+async def insert_message(conn: asyncpg.Connection, m: NewMessage, events: Sequence[Event] = ()) -> None:
+    """Write the message, its recipients and `events` (its audit events, in order) in one statement. Called outside
+    a transaction block, that statement is its own transaction: it has committed when this returns."""
     rs = m.recipients
     await conn.execute(
-        "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution, plan, rule_id,"
-        " priority) SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-        " $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::int[])",
-        m.id, [r.rcpt for r in rs], [r.address.lower() for r in rs], [r.domain for r in rs], [r.state for r in rs],
+        _ACCEPT,
+        m.id, m.account, m.mail_from, m.state, len(m.body), m.body, m.peer, m.helo, m.tls_version, m.envid, m.ret,
+        m.rule_version,
+        [r.rcpt for r in rs], [r.address.lower() for r in rs], [r.domain for r in rs], [r.state for r in rs],
         [r.notify for r in rs], [r.orcpt for r in rs], [r.resolution for r in rs], [r.plan for r in rs],
-        [r.rule_id for r in rs], [r.priority for r in rs])
+        [r.rule_id for r in rs], [r.priority for r in rs],
+        *audit_store.columns(events))
