@@ -22,6 +22,7 @@ import time
 import structlog
 
 from hub import db, observability as obs
+from hub.memory import tune_allocator
 from hub.queue import store as queue_store
 from hub.settings import Settings, split_hostport
 
@@ -247,6 +248,7 @@ async def run_process(settings: Settings, runtime_url: str, index: int, reuse_po
 
 def _run(coro) -> None:
     """Run a hub process's event loop: uvloop when installed (a faster loop, same semantics), else asyncio."""
+    tune_allocator()
     try:
         import uvloop
     except ImportError:

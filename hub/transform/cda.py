@@ -142,11 +142,11 @@ def encounter_xml(start: str, facility_code: str, tz: tzinfo, responsible: str =
             "</healthCareFacility></location></encompassingEncounter></componentOf>")
 
 
-def build_n1(meta: DocumentMeta, pdf: bytes, *, doc_id_root: str, doc_id_ext: str, local_id_root: str,
-             tz: tzinfo, pdf_b64: list[bytes] | None = None) -> bytes:
-    """CDA R2 N1: generic unstructured document (XDS-SD template), PDF base64 in nonXMLBody (UTF-8 bytes).
-    pdf_b64: `b64encode(pdf)` in pieces, when the caller already has it (e.g. the sender's MIME body)."""
-    if not pdf.startswith(b"%PDF-"):
+def n1_frame(meta: DocumentMeta, pdf_head: bytes, *, doc_id_root: str, doc_id_ext: str, local_id_root: str,
+             tz: tzinfo) -> tuple[bytes, bytes]:
+    """CDA R2 N1 (generic unstructured document, XDS-SD template) around a PDF: the UTF-8 bytes before and after the
+    PDF's base64 text in nonXMLBody. pdf_head: the PDF's first bytes (its signature is checked)."""
+    if not pdf_head.startswith(b"%PDF-"):
         raise TransformError("the attachment is not a PDF (no %PDF- signature)")
     label = meta.doc_label or DOC_LABELS.get(meta.doc_code, meta.title or meta.doc_code)
     h = Header(doc_id_root, doc_id_ext, meta.doc_code, label, meta.title or label, meta.effective_time,
@@ -163,8 +163,16 @@ def build_n1(meta: DocumentMeta, pdf: bytes, *, doc_id_root: str, doc_id_ext: st
                        practice_setting=meta.practice_setting) + service
             + encounter_xml(start, meta.facility_code, tz)
             + '<component><nonXMLBody><text mediaType="application/pdf" representation="B64">')
-    return b"".join([head.encode("utf-8"), *(pdf_b64 if pdf_b64 is not None else [base64.b64encode(pdf)]),
-                     b"</text></nonXMLBody></component></ClinicalDocument>"])
+    return head.encode("utf-8"), b"</text></nonXMLBody></component></ClinicalDocument>"
+
+
+def build_n1(meta: DocumentMeta, pdf: bytes, *, doc_id_root: str, doc_id_ext: str, local_id_root: str,
+             tz: tzinfo, pdf_b64: list[bytes] | None = None) -> bytes:
+    """CDA R2 N1 with the PDF base64 in nonXMLBody (UTF-8 bytes). pdf_b64: `b64encode(pdf)` in pieces, when the
+    caller already has it (e.g. the sender's MIME body)."""
+    head, tail = n1_frame(meta, pdf, doc_id_root=doc_id_root, doc_id_ext=doc_id_ext, local_id_root=local_id_root,
+                          tz=tz)
+    return b"".join([head, *(pdf_b64 if pdf_b64 is not None else [base64.b64encode(pdf)]), tail])
 
 
 def finish(xml: str | bytes, validator: CdaValidator) -> tuple[bytes, str, etree._Element]:

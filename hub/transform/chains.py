@@ -8,6 +8,7 @@ Common params: `now` (datetime or ISO 8601 string, default: the clock), `tz` (de
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.errors import ParseError, TransformError
 from hub.transform import metadata as md
-from hub.transform.cda import build_n1, finish
+from hub.transform.cda import finish, n1_frame
 from hub.transform.cda_bio import CHAPTERS, build_cr_bio_n3
 from hub.transform.cda_info import CdaInfo, read_cda
 from hub.transform.cisis import build_ack, read_cisis
@@ -24,7 +25,7 @@ from hub.transform.detect import classify
 from hub.transform.hl7v2 import parse_er7, read_lab_oru, read_patient, write_oru
 from hub.transform.hprim import parse_hprim_net, parse_hprim_sante
 from hub.transform.mime import Part, walk
-from hub.transform.model import DocumentMeta, LabReport
+from hub.transform.model import LabReport
 from hub.transform import mss
 from hub.transform.registry import Context, Steps, TransformOutcome
 from hub.transform.xdm import build_xdm, read_xdm
@@ -191,34 +192,43 @@ def cisis_hl7_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) ->
                     body=request.body, recipients=list(request.recipients), ack=ack)
 
 
+# The PDF's base64 goes into the CDA as the sender wrote it, and the schema is checked on the document with this
+# short stand-in for it: the <text> element's type (ED, mixed content) constrains no character of its content, and
+# the text has been checked to be canonical base64 (`Part.mime_base64`: the base64 alphabet only), so the document
+# sent is valid exactly when the one checked is. It spares parsing ~270 KB of base64 per 200 KB PDF.
+_PDF_STAND_IN = b"JVBERi0xLjQK"          # base64 of "%PDF-1.4\n"
+
+
 def pdf_to_cda_n1_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
+    """The step's input digest is the message's: the PDF and the metadata headers are both its input."""
     top, parts = walk(message)
     found = _find(parts, "pdf")
     if found is None:
         raise TransformError("no PDF attachment in the message")
     part = found[0]
-    pdf, pdf_name = part.payload(), part.filename or "document.pdf"
+    pdf_name = part.filename or "document.pdf"
     tz, now = _tz(params), _now(params)
     meta = md.document_meta(_metadata(top, parts, params), doc_code=str(params.get("doc_code", "11490-0")),
                             title=str(params.get("title", "")), now=now_ts(tz, now))
     seed, steps = hashlib.sha256(message).digest(), Steps()
+    steps.known(message, seed.hex())
+    b64 = part.mime_base64()
+    if b64 is not None:       # the usual case: no decoding, the sender's base64 reused in the CDA and the mail
+        pdf, pdf_lines, text = b64.prefix(4096), b64.lines, b64.text
+    else:
+        pdf = part.payload()
+        pdf_lines, text = None, [base64.b64encode(pdf)]
     try:
-        xml, pdf_lines = _n1_xml(ctx, part, pdf, meta, seed, tz)
+        head, tail = n1_frame(meta, pdf, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
+                              local_id_root=f"{ctx.hub_oid}.3", tz=tz)
+        _, validation, root = finish(head + _PDF_STAND_IN + tail, ctx.validator)
     except TransformError as exc:
-        raise steps.fail("pdf_to_cda_n1", V, pdf, exc) from None
+        raise steps.fail("pdf_to_cda_n1", V, message, exc) from None
+    data = b"".join([head, *text, tail])
     warnings = [] if meta.patient.qualified_ins else ["INS not qualified: X-MSS-INS will be N"]
-    data, info = _cda_step(ctx, steps, "pdf_to_cda_n1", pdf, xml, warnings)
-    return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=(pdf, pdf_name), pdf_lines=pdf_lines)
-
-
-def _n1_xml(ctx: Context, part: Part, pdf: bytes, meta: DocumentMeta, seed: bytes,
-            tz: ZoneInfo) -> tuple[bytes, memoryview | None]:
-    """The N1 CDA, with the sender's base64 of the PDF when it is canonical (no re-encoding), and the sender's MIME
-    lines of the PDF when they can be reused as they are for the outgoing attachment."""
-    b64 = part.base64(pdf)
-    xml = build_n1(meta, pdf, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
-                   local_id_root=f"{ctx.hub_oid}.3", tz=tz, pdf_b64=b64.text if b64 is not None else None)
-    return xml, b64.lines if b64 is not None else None
+    steps.add("pdf_to_cda_n1", V, message, data, validation, warnings)
+    return _package(ctx, steps, top, [(read_cda(root), data)], params, seed, now, pdf=(pdf, pdf_name),
+                    pdf_lines=pdf_lines)
 
 
 def cda_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:

@@ -4,10 +4,10 @@ Reading: a header block is split into fields here, with the stdlib feed parser's
 are stored in stdlib message objects, so header queries keep the `email` semantics without the cost of the feed
 parser (top level: `policy.default`; part structure: `compat32`, ~10x cheaper to query). Multipart bodies are split
 on their boundary with bytes searches; a part's body is a view into the message, not a copy. Bodies are decoded
-lazily (base64 / quoted-printable). `Part.base64` returns a base64 body without its line breaks (and the body itself
-when in the canonical MIME layout) when it is exactly the canonical encoding of the payload, so a writer can reuse it
-instead of encoding again. Input is untrusted: limits on part count and nesting, malformed structure is a
-ParseError.
+lazily (base64 / quoted-printable). `Part.mime_base64` returns a base64 body in the usual MIME layout, without its
+line breaks and without decoding it, when it is exactly the canonical encoding of its bytes, so a writer can reuse
+it (and the body's own lines) instead of decoding and encoding again. Input is untrusted: limits on part count and
+nesting, malformed structure is a ParseError.
 
 Writing: `build_message` keeps the original routing headers, never the internal `X-Hub-*` ones (they carry patient
 data); ASCII header values are written as they are, others as RFC 2047 base64 encoded-words. Bodies are base64 in
@@ -73,20 +73,56 @@ class Part:
             return binascii.a2b_qp(self.raw[: n * 3])
         return self.raw[:n].tobytes()
 
-    def base64(self, payload: bytes) -> Base64 | None:
-        """This body's base64, for reuse, when it is exactly `b64encode(payload)` (payload: `self.payload()`), else
-        None. In the usual 76-column CRLF layout the text is cut out of the message 64 lines at a time, without
-        copying the whole body first, and the body itself is the MIME lines."""
+    def mime_base64(self) -> Base64Body | None:
+        """This body's base64, without decoding it, when it is laid out in 76-column CRLF lines and is canonical:
+        `b64encode` of the bytes it decodes to (only the base64 alphabet, then at most two `=` of padding, the
+        unused bits of a padded last quantum zero). Else None (decode with `payload()`)."""
         if self.cte != "base64":
             return None
         lines = _mime_lines(self.raw)
-        text = _text_pieces(lines) if lines is not None else [self.raw.tobytes().translate(None, b"\r\n")]
-        return Base64(text, lines) if _is_base64_of(text, payload) else None
+        if lines is None or not len(lines):
+            return None
+        text = _text_pieces(lines)
+        size = _canonical_size(text)
+        return None if size is None else Base64Body(text, lines, size)
 
 
-class Base64(NamedTuple):
-    text: list[bytes]                # b64encode(payload), in pieces to join
-    lines: memoryview | None         # the base64 lines of payload, but for a final CRLF (None: not in that layout)
+class Base64Body(NamedTuple):
+    text: list[bytes]                # the base64 text, in pieces to join
+    lines: memoryview                # the same text in MIME lines (76 characters, CRLF), but for a final CRLF
+    size: int                        # the size of the decoded bytes
+
+    def prefix(self, n: int) -> bytes:
+        """The first n decoded bytes (fewer if the body is shorter)."""
+        want = -(-n // 3) * 4
+        text, got = [], 0
+        for piece in self.text:
+            text.append(piece)
+            got += len(piece)
+            if got >= want:
+                break
+        return binascii.a2b_base64(b"".join(text)[:want])[:n]
+
+
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _canonical_size(pieces: list[bytes]) -> int | None:
+    """The decoded size of base64 text in pieces, when that text is exactly what `b64encode` writes; else None.
+    One C pass per piece (`translate` deleting the alphabet leaves nothing), no decoding but of the last quantum
+    (which the last piece holds whole: every other piece is a multiple of 76 = 19 x 4 characters)."""
+    size = sum(map(len, pieces))
+    last = pieces[-1] if pieces else b""
+    if not size or size % 4 or len(last) < 4:
+        return None
+    pad = 2 if last.endswith(b"==") else 1 if last.endswith(b"=") else 0
+    if any(piece.translate(None, _ALPHABET) for piece in pieces[:-1]) or last[:len(last) - pad].translate(
+            None, _ALPHABET):
+        return None
+    quantum = last[-4:]
+    if binascii.b2a_base64(binascii.a2b_base64(quantum), newline=False) != quantum:
+        return None
+    return size // 4 * 3 - pad
 
 
 def _mime_lines(raw: memoryview) -> memoryview | None:
@@ -100,21 +136,6 @@ def _mime_lines(raw: memoryview) -> memoryview | None:
     if raw[LINE:edge:LINE + 2] != b"\r" * full or raw[LINE + 1:edge:LINE + 2] != b"\n" * full:
         return None
     return raw
-
-
-def _is_base64_of(pieces: list[bytes], data: bytes) -> bool:
-    """b"".join(pieces) == b64encode(data), given data == a2b_base64(the pieces). a2b_base64 skips junk characters
-    (a stray CR or LF left in a line too) and stops at a complete padding: then `data` comes out shorter than the
-    length of the text says. It also ignores the unused bits of a padded last quantum: compare that one (the last
-    piece holds it whole: 76 % 4 == 0)."""
-    size = sum(map(len, pieces))
-    last = pieces[-1] if pieces else b""
-    if not size:
-        return not data
-    pad = 2 if last.endswith(b"==") else 1 if last.endswith(b"=") else 0
-    if size % 4 or len(last) < 4 or len(data) != size // 4 * 3 - pad:
-        return False
-    return last[-4:] == binascii.b2a_base64(data[-(len(data) % 3 or 3):], newline=False)
 
 
 def _text_pieces(lines: memoryview) -> list[bytes]:

@@ -77,6 +77,10 @@ class Steps:
         self._hashes = [*self._hashes[-1:], (data, digest)]
         return digest
 
+    def known(self, data: bytes, digest: str) -> None:
+        """The caller has already hashed `data` (hex SHA-256): reuse it."""
+        self._hashes = [*self._hashes[-1:], (data, digest)]
+
     def add(self, name: str, version: str, data_in: bytes, data_out: bytes, validation: str = "not_validated",
             warnings: list[str] | tuple[str, ...] = ()) -> None:
         self.records.append(StepRecord(name, version, self.sha256(data_in), self.sha256(data_out), validation,

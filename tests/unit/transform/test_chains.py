@@ -195,6 +195,43 @@ def test_pdf_to_n1_with_headers(registry, schema):
     assert msg.get_payload()[2].get_content() == pdf
 
 
+PDF_HEADERS = ("X-Hub-Patient-ID: IPP7\r\nX-Hub-Patient-Family: MARTIN\r\nX-Hub-Patient-Birth-Date: 19500101\r\n"
+               "X-Hub-Org-Name: CH Exemple\r\n")
+
+
+def _lines(text: bytes) -> bytes:
+    return b"".join(text[i:i + 76] + b"\r\n" for i in range(0, len(text), 76))
+
+
+@pytest.mark.parametrize("variant", ["canonical", "junk", "junk_in_place", "unused_bits", "one_line", "short_lines"])
+def test_pdf_base64_reused_only_when_canonical(registry, schema, variant):
+    """The sender's base64 goes into the CDA as it is only when it is exactly b64encode of the PDF in 76-column
+    lines; anything else is decoded and encoded again: the CDA and the attachment always carry the PDF's bytes."""
+    import base64
+    pdf = make_pdf(4000) + b"x"                     # 1 byte over a multiple of 3: the last quantum is padded
+    text = base64.b64encode(pdf)
+    body = {"canonical": _lines(text),
+            "junk": _lines(text[:3000] + b"!" + text[3000:]),      # a2b_base64 skips the junk character
+            "junk_in_place": _lines(text[:3000] + b"!" + text[3001:]),    # same length, not base64
+            "unused_bits": _lines(text[:-3] + b"R==" if text[-3:-2] != b"R" else text[:-3] + b"S=="),
+            "one_line": text + b"\r\n",
+            "short_lines": b"".join(text[i:i + 60] + b"\r\n" for i in range(0, len(text), 60))}[variant]
+    head, _ = mail((b"", "application/pdf", "a.pdf"), headers=PDF_HEADERS).split(b"--BOUND--")
+    message = head + body + b"--BOUND--\r\n"
+    if variant == "junk_in_place":           # not base64: refused, never copied into the CDA as it is
+        with pytest.raises(ParseError, match="bad base64"):
+            registry.apply("pdf_to_cda_n1_xdm", message, PARAMS)
+        return
+    out = registry.apply("pdf_to_cda_n1_xdm", message, PARAMS)
+    msg, _, [cda], _ = unpack(out.message, schema)
+    sent = base64.b64decode(cda.find("h:component/h:nonXMLBody/h:text", V3).text)
+    decoded = base64.b64decode(body, validate=False) if variant != "junk" else base64.b64decode(_lines(text))
+    assert sent == msg.get_payload()[2].get_content() == decoded
+    assert cda.find("h:component/h:nonXMLBody/h:text", V3).text.encode() == base64.b64encode(decoded)
+    assert out.steps[0].name == "pdf_to_cda_n1"
+    assert out.steps[0].input_sha256 == hashlib.sha256(message).hexdigest()     # the PDF and the headers
+
+
 def test_pdf_metadata_from_json_part_and_params(registry, schema):
     meta = {"patient_id": "IPP42", "patient_family": "DURAND", "patient_given": "Luc",
             "patient_birth_date": "19600101", "patient_sex": "M", "org_name": "Clinique"}
