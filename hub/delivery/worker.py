@@ -137,8 +137,7 @@ class DeliveryWorker:
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             rows = await store.claim(conn, min(self.settings.delivery.batch_size, free * 4),
                                      self.settings.delivery.lease_seconds, self.owner)
-            plain = list({r["message_id"] for r in rows if r["variant_id"] is None})
-            bodies = await store.bodies(conn, plain) if plain else {}
+        bodies = {r["message_id"]: r["body"] for r in rows if r["body"] is not None}
         groups: dict[tuple, list[asyncpg.Record]] = defaultdict(list)
         for r in rows:
             groups[(r["message_id"], r["domain"], r["variant_id"])].append(r)

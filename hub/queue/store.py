@@ -17,24 +17,28 @@ WITH due AS (
     ORDER BY priority DESC, next_attempt_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE recipient r
+    SET lease_until = now() + make_interval(secs => $2), lease_owner = $3,
+        recoveries = r.recoveries + (r.lease_until IS NOT NULL)::int
+    FROM due, message m
+    WHERE r.id = due.id AND m.id = r.message_id
+    RETURNING r.id, r.message_id, r.rcpt, r.address, r.domain, r.attempts, r.notify, r.orcpt,
+              r.recoveries, r.delay_notified, r.variant_id,
+              m.received_at, m.mail_from, m.envid, m.ret, m.account
+), firsts AS (
+    SELECT min(id) AS id FROM claimed WHERE variant_id IS NULL GROUP BY message_id
 )
-UPDATE recipient r
-SET lease_until = now() + make_interval(secs => $2), lease_owner = $3,
-    recoveries = r.recoveries + (r.lease_until IS NOT NULL)::int
-FROM due, message m
-WHERE r.id = due.id AND m.id = r.message_id
-RETURNING r.id, r.message_id, r.rcpt, r.address, r.domain, r.attempts, r.notify, r.orcpt,
-          r.recoveries, r.delay_notified, r.variant_id,
-          m.received_at, m.mail_from, m.envid, m.ret, m.account
+SELECT c.*, CASE WHEN c.id IN (SELECT id FROM firsts)
+                 THEN (SELECT m.body FROM message m WHERE m.id = c.message_id) END AS body
+FROM claimed c
 """
+# `body`: the message body, on one row per message delivered as accepted (variant_id NULL), else NULL: the claim
+# brings the bodies along instead of a second round trip
 
 
 async def claim(conn: asyncpg.Connection, limit: int, lease_seconds: int, owner: str) -> list[asyncpg.Record]:
     return await conn.fetch(CLAIM, limit, float(lease_seconds), owner)
-
-
-async def bodies(conn: asyncpg.Connection, ids: list[str]) -> dict[str, bytes | None]:
-    return {r["id"]: r["body"] for r in await conn.fetch("SELECT id, body FROM message WHERE id = ANY($1)", ids)}
 
 
 async def finish_messages(conn, message_ids: list[str]) -> list[str]:

@@ -232,3 +232,35 @@ async def test_peer_with_untrusted_certificate_is_not_delivered_to(start_hub, pk
         assert reply.startswith("4.7.5") and not rogue.messages
     finally:
         rogue.stop()
+
+
+async def test_pipelined_commands_get_their_replies_in_order(start_hub, peer, conn, pki):
+    """RFC 2920: MAIL, RCPT, RCPT and DATA sent in one write get four replies, in order (the 250s may be written
+    together); a refused RCPT among them does not disturb the others; then the message is queued."""
+    import asyncio
+
+    await conn.execute("INSERT INTO account (name, networks, allow_from) VALUES ($1, $2::cidr[], $3)",
+                       "lab-net", ["127.0.0.0/8"], ["labo-ville.example"])
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.smtp_port)
+
+    async def replies(n: int) -> list[bytes]:
+        out = []
+        while len(out) < n:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            assert line, "connection closed"
+            if line[3:4] != b"-":
+                out.append(line[:3])
+        return out
+
+    assert await replies(1) == [b"220"]
+    writer.write(b"EHLO lab.example\r\n")
+    assert await replies(1) == [b"250"]
+    writer.write(b"MAIL FROM:<sil@labo-ville.example>\r\nRCPT TO:<a@medecin.mssante.fr>\r\n"
+                 b"RCPT TO:<x@not-in-the-trust-space.example>\r\nDATA\r\n")
+    assert await replies(4) == [b"250", b"250", b"550", b"354"]
+    writer.write(b"Subject: pipelined\r\n\r\n..dot line\r\nbody\r\n.\r\nQUIT\r\n")
+    assert await replies(2) == [b"250", b"221"]
+    writer.close()
+    await wait_for(lambda: peer.messages)
+    assert b"\r\n.dot line\r\n" in peer.messages[0].content
