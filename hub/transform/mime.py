@@ -83,14 +83,12 @@ class Part:
         if lines is None or not len(lines):
             return None
         text = _text_pieces(lines)
-        size = _canonical_size(text)
-        return None if size is None else Base64Body(text, lines, size)
+        return Base64Body(text, lines) if _canonical(text) else None
 
 
 class Base64Body(NamedTuple):
     text: list[bytes]                # the base64 text, in pieces to join
     lines: memoryview                # the same text in MIME lines (76 characters, CRLF), but for a final CRLF
-    size: int                        # the size of the decoded bytes
 
     def prefix(self, n: int) -> bytes:
         """The first n decoded bytes (fewer if the body is shorter)."""
@@ -107,22 +105,20 @@ class Base64Body(NamedTuple):
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
-def _canonical_size(pieces: list[bytes]) -> int | None:
-    """The decoded size of base64 text in pieces, when that text is exactly what `b64encode` writes; else None.
+def _canonical(pieces: list[bytes]) -> bool:
+    """Whether base64 text in pieces is exactly what `b64encode` writes for the bytes it decodes to.
     One C pass per piece (`translate` deleting the alphabet leaves nothing), no decoding but of the last quantum
     (which the last piece holds whole: every other piece is a multiple of 76 = 19 x 4 characters)."""
     size = sum(map(len, pieces))
     last = pieces[-1] if pieces else b""
     if not size or size % 4 or len(last) < 4:
-        return None
+        return False
     pad = 2 if last.endswith(b"==") else 1 if last.endswith(b"=") else 0
     if any(piece.translate(None, _ALPHABET) for piece in pieces[:-1]) or last[:len(last) - pad].translate(
             None, _ALPHABET):
-        return None
+        return False
     quantum = last[-4:]
-    if binascii.b2a_base64(binascii.a2b_base64(quantum), newline=False) != quantum:
-        return None
-    return size // 4 * 3 - pad
+    return binascii.b2a_base64(binascii.a2b_base64(quantum), newline=False) == quantum
 
 
 def _mime_lines(raw: memoryview) -> memoryview | None:
