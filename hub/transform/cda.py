@@ -9,7 +9,6 @@ objects already checked by the parsers; reads no settings (the hub OID and the t
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -164,15 +163,6 @@ def n1_frame(meta: DocumentMeta, pdf_head: bytes, *, doc_id_root: str, doc_id_ex
             + encounter_xml(start, meta.facility_code, tz)
             + '<component><nonXMLBody><text mediaType="application/pdf" representation="B64">')
     return head.encode("utf-8"), b"</text></nonXMLBody></component></ClinicalDocument>"
-
-
-def build_n1(meta: DocumentMeta, pdf: bytes, *, doc_id_root: str, doc_id_ext: str, local_id_root: str,
-             tz: tzinfo, pdf_b64: list[bytes] | None = None) -> bytes:
-    """CDA R2 N1 with the PDF base64 in nonXMLBody (UTF-8 bytes). pdf_b64: `b64encode(pdf)` in pieces, when the
-    caller already has it (e.g. the sender's MIME body)."""
-    head, tail = n1_frame(meta, pdf, doc_id_root=doc_id_root, doc_id_ext=doc_id_ext, local_id_root=local_id_root,
-                          tz=tz)
-    return b"".join([head, *(pdf_b64 if pdf_b64 is not None else [base64.b64encode(pdf)]), tail])
 
 
 def finish(xml: str | bytes, validator: CdaValidator) -> tuple[bytes, str, etree._Element]:
