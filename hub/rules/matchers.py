@@ -114,20 +114,16 @@ def address_test(src: Source, node: Node, what: str) -> tuple[Callable[[str], bo
     return test, _one_of(shown)
 
 
-def _mail_from(src: Source, node: Node) -> list[Matcher]:
-    built = address_test(src, node, "mail_from")
-    if built is None:
-        return []
-    test, text = built
-    return [Matcher("mail_from", True, lambda f: test(f.mail_from), text, lambda f: f.mail_from)]
-
-
-def _rcpt(src: Source, node: Node) -> list[Matcher]:
-    built = address_test(src, node, "rcpt")
-    if built is None:
-        return []
-    test, text = built
-    return [Matcher("rcpt", True, lambda f: test(f.rcpt), text, lambda f: f.rcpt)]
+def _address(key: str):
+    """The matcher of an envelope address (`mail_from`, `rcpt`): the Facts attribute of the same name."""
+    def build(src: Source, node: Node) -> list[Matcher]:
+        built = address_test(src, node, key)
+        if built is None:
+            return []
+        test, text = built
+        get = _getter(key)
+        return [Matcher(key, True, lambda f: test(get(f)), text, get)]
+    return build
 
 
 def _enum(key: str, allowed: tuple[str, ...], envelope: bool, attr: str):
@@ -307,7 +303,7 @@ def _one_of(values) -> str:
 
 
 _BUILDERS = {
-    "account": _account, "mail_from": _mail_from, "rcpt": _rcpt,
+    "account": _account, "mail_from": _address("mail_from"), "rcpt": _address("rcpt"),
     "recipient_kind": _enum("recipient_kind", RECIPIENT_KINDS, True, "recipient_kind"),
     "time": _time,
     "content": _enum("content", CONTENTS, False, "content"),
