@@ -99,6 +99,12 @@ class DirectorySection:
 
 
 @dataclass(frozen=True)
+class TrustSection:
+    # `hub trust import` refuses a list that removes more than this fraction of the current domains (--force)
+    max_removed_ratio: float = 0.05
+
+
+@dataclass(frozen=True)
 class RulesSection:
     dir: str = "./routing_rules"
     watch: bool = True
@@ -136,6 +142,7 @@ class Settings:
     delivery: DeliverySection = field(default_factory=DeliverySection)
     queue: QueueSection = field(default_factory=QueueSection)
     directory: DirectorySection = field(default_factory=DirectorySection)
+    trust: TrustSection = field(default_factory=TrustSection)
     rules: RulesSection = field(default_factory=RulesSection)
     transform: TransformSection = field(default_factory=TransformSection)
     audit: AuditSection = field(default_factory=AuditSection)
@@ -263,6 +270,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"setting directory.unresolved: expected reject or fallback, got {s.directory.unresolved!r}")
     if not s.hub.domains:
         raise ConfigError("setting hub.domains: at least one domain is needed")
+    if not 0 <= s.trust.max_removed_ratio <= 1:
+        raise ConfigError(f"setting trust.max_removed_ratio: expected 0 to 1, got {s.trust.max_removed_ratio!r}")
 
 
 def split_hostport(value: str) -> tuple[str, int]:

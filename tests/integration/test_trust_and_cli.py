@@ -3,6 +3,7 @@ arguments get a message and a non-zero exit."""
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 
@@ -25,8 +26,9 @@ def run_cli(database, *args, stdin: str | None = None):
 async def test_real_snapshot_imports_all_entries_despite_the_missing_closing_tag(conn):
     assert not SNAPSHOT.read_bytes().rstrip().endswith(b"</ListeBlancheMSSante>")
     result = await trust.import_list(conn, SNAPSHOT)
-    assert (result.entries, result.domains) == (6554, 5002)
-    assert await conn.fetchval("SELECT count(*) FROM trust_domain WHERE list_id = $1", result.list_id) == 6554
+    # 6,554 entries, one of them unusable (`Nom` sessad@ase.ditepbeziers.mssante.fr is not a domain): skipped
+    assert (result.entries, result.domains, len(result.skipped)) == (6553, 5001, 1)
+    assert await conn.fetchval("SELECT count(*) FROM trust_domain WHERE list_id = $1", result.list_id) == 6553
     space = trust.TrustSpace(["hub.example.org"], [])
     await space.load(conn)
     assert space.is_trusted("15-20.mssante.fr") and space.is_trusted("MSSANTE.APICRYPT.ORG")
@@ -59,7 +61,69 @@ async def test_trust_cli_reports_file_and_reason(database, tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith(f"hub: error: {bad}:") and "truncated" in out.stderr
     out = await asyncio.to_thread(run_cli, database, "trust", "import", str(SNAPSHOT))
-    assert out.returncode == 0 and "6554 entries, 5002 domains" in out.stdout
+    assert out.returncode == 0 and "6553 entries, 5001 domains" in out.stdout
+    assert "skipped entry at line" in out.stderr and "sessad@ase.ditepbeziers.mssante.fr" in out.stderr
+
+
+async def test_a_list_cut_after_a_domaine_never_replaces_the_current_one(database, conn, tmp_path):
+    """The battery's case: cut after a `</Domaine>` at 80 %, imported with exit 0 and 1,026 domains gone."""
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", str(SNAPSHOT))
+    assert out.returncode == 0, out.stderr
+    data = SNAPSHOT.read_bytes()
+    cut = tmp_path / "liste-80.xml"
+    cut.write_bytes(data[:data.index(b"</Domaine>", len(data) * 8 // 10) + len(b"</Domaine>")] + b"\n")
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", str(cut))
+    assert out.returncode == 2 and out.stderr.startswith(f"hub: error: {cut}:") and "truncated" in out.stderr
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", "--force", str(cut))
+    assert out.returncode == 2 and "truncated" in out.stderr          # damage is never forced through
+    assert await conn.fetchval("SELECT count(*) FROM trust_list") == 1
+    assert await conn.fetchval("SELECT domains FROM trust_list WHERE current") == 5001
+
+
+def _without_domains(data: bytes, count: int) -> bytes:
+    """The real file minus every entry of the first `count` distinct domains (still well-formed)."""
+    entries = re.findall(rb"\s*<Domaine>.*?</Domaine>", data, re.S)
+    names = []
+    for e in entries:
+        name = re.search(rb"<Nom>([^<]*)</Nom>", e).group(1)
+        if name not in names:
+            names.append(name)
+        if len(names) > count:
+            break
+    drop = set(names[:count])
+    kept = [e for e in entries if re.search(rb"<Nom>([^<]*)</Nom>", e).group(1) not in drop]
+    head = data[:data.index(entries[0])]
+    return head + b"".join(kept) + b"\n    </ListeDomaines>\n"
+
+
+async def test_a_list_removing_more_than_a_small_share_needs_force(database, conn, tmp_path):
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", str(SNAPSHOT))
+    assert out.returncode == 0, out.stderr
+    data = SNAPSHOT.read_bytes()
+    big = tmp_path / "liste-6pc.xml"
+    big.write_bytes(_without_domains(data, 300))                       # 6 % of 5,001 domains
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", str(big))
+    assert out.returncode == 2 and "removes 300 of the 5001 current domains" in out.stderr
+    assert "trust.max_removed_ratio" in out.stderr and "--force" in out.stderr
+    small = tmp_path / "liste-4pc.xml"
+    small.write_bytes(_without_domains(data, 200))                     # 4 %: an ordinary update
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", str(small))
+    assert out.returncode == 0 and "(+0 -200)" in out.stdout, out.stderr
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", "--force", str(big))
+    assert out.returncode == 0 and "(+0 -100)" in out.stdout, out.stderr
+    forced = await conn.fetchval("SELECT facts FROM audit_event WHERE event = 'trust_list_imported'"
+                                 " ORDER BY id DESC LIMIT 1")
+    assert forced["forced"] is True and forced["removed"] == 100
+
+
+async def test_the_checksum_published_beside_the_list_is_checked(database, tmp_path):
+    import hashlib
+
+    good = hashlib.sha256(SNAPSHOT.read_bytes()).hexdigest()
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", "--sha256", "00" * 32, str(SNAPSHOT))
+    assert out.returncode == 2 and f"SHA-256 {good} differs" in out.stderr
+    out = await asyncio.to_thread(run_cli, database, "trust", "import", "--sha256", good.upper(), str(SNAPSHOT))
+    assert out.returncode == 0, out.stderr
 
 
 async def test_accounts_cli(database, conn):
