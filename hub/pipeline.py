@@ -23,6 +23,8 @@ from hub.directory.trust import TrustSpace
 from hub.intake import replies
 from hub.intake.store import NewRecipient
 
+UNPARSABLE = "unparsable"               # the `content` of a message whose structure cannot be read (rules: content)
+
 
 @dataclass
 class RcptOutcome:
@@ -137,16 +139,28 @@ class Router:
             events = [Event("routed", recipient=r.address, facts={"rcpt": r.rcpt, **getattr(r, "facts", {})})
                       for r in recipients]
             return RoutedMessage(None, recipients=list(recipients), state="queued", routed=events)
-        content = doc_code = None
-        if ruleset.needs_content and self.detector is not None:
-            content, doc_code = self.detector(body)
+        # Reading the content is a pure function of its bytes: what fails now fails at every retry, so it is never a
+        # 4xx. The rules decide (`content: unparsable`): relay as is, hold, or refuse.
+        content = doc_code = unparsable = None
         headers: dict[str, str] = {}
+        if ruleset.needs_content and self.detector is not None:
+            try:
+                content, doc_code = self.detector(body)
+            except MemoryError:
+                raise
+            except Exception as exc:
+                content, unparsable = UNPARSABLE, f"{type(exc).__name__}: {exc}"[:300]
         if ruleset.header_names:
-            head = BytesHeaderParser(policy=compat32).parsebytes(body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
-            for name in ruleset.header_names:
-                value = head.get(name)
-                if value is not None:
-                    headers[name] = str(value)
+            try:
+                head = BytesHeaderParser(policy=compat32).parsebytes(body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+                for name in ruleset.header_names:
+                    value = head.get(name)
+                    if value is not None:
+                        headers[name] = str(value)
+            except MemoryError:
+                raise
+            except Exception as exc:
+                content, unparsable, headers = UNPARSABLE, f"{type(exc).__name__}: {exc}"[:300], {}
         decisions = []
         for r in recipients:
             facts = getattr(r, "facts", {})
@@ -189,6 +203,8 @@ class Router:
                      "doc_code": doc_code, "size": len(body),
                      "headers": {n: headers.get(n) for n in ruleset.header_names},
                      "resolution": getattr(r, "facts", {}), "actions": a.summary()}
+            if unparsable:
+                facts["unparsable"] = unparsable
             events.append(Event("routed", recipient=r.address, rule_version=d.version, doc_type=doc_code,
                                 facts=facts))
             out.append(r)

@@ -236,7 +236,12 @@ def content_detector():
         return explain_mod.temporary_detect
 
     def adapt(message: bytes):
-        found = detect(message)
+        from hub.pipeline import UNPARSABLE
+
+        try:
+            found = detect(message)
+        except Exception:        # as at intake (hub.pipeline): a structure that cannot be read is `unparsable`
+            return UNPARSABLE, None
         return getattr(found, "kind", None), getattr(found, "doc_code", None) or None
     return adapt
 

@@ -38,7 +38,8 @@ class Facts:
     mail_from: str                     # '' for the null sender
     rcpt: str                          # as given in RCPT TO
     recipient_kind: str | None = None  # practitioner | structure | unresolved | paper (directory resolution)
-    content: str | None = None         # hprim_sante | hprim_net | hl7_oru | hl7_mdm | cda | xdm | pdf | other
+    content: str | None = None         # hprim_sante | hprim_net | hl7_oru | hl7_mdm | cda | xdm | pdf | other |
+    #                                    unparsable (MIME structure not readable)
     doc_code: str | None = None        # CDA document type code (LOINC), e.g. 11502-2
     headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
     size: int | None = None            # bytes, as received

@@ -26,7 +26,7 @@ from hub.rules.yamlnodes import Source
 
 PARIS = ZoneInfo("Europe/Paris")
 RECIPIENT_KINDS = ("practitioner", "structure", "unresolved", "paper")
-CONTENTS = ("hprim_sante", "hprim_net", "hl7_oru", "hl7_mdm", "cda", "xdm", "pdf", "json", "other")
+CONTENTS = ("hprim_sante", "hprim_net", "hl7_oru", "hl7_mdm", "cda", "xdm", "pdf", "json", "other", "unparsable")
 ENVELOPE = ("account", "mail_from", "rcpt", "recipient_kind", "time")
 CONTENT = ("content", "doc_code", "header", "size")
 _DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6,

@@ -47,7 +47,7 @@ def test_every_error_of_every_file_is_reported(rule_errors):
         "10-a.yaml:4:7: unknown matcher 'acount' (expected one of: account, mail_from, rcpt, recipient_kind, time, "
         "content, doc_code, header, size)",
         "10-a.yaml:5:16: content: 'word' is not one of hprim_sante, hprim_net, hl7_oru, hl7_mdm, cda, xdm, pdf, json, "
-        "other",
+        "other, unparsable",
         "10-a.yaml:6:23: recipient_kind: 'doctor' is not one of practitioner, structure, unresolved, paper",
         "10-a.yaml:9:20: time.days: 'someday' is not a day (mon..sun, lun..dim) or range (mon-fri)",
         "10-a.yaml:9:36: time.hours: '25:00-26:00' is not HH:MM-HH:MM (end excluded; may wrap midnight)",
