@@ -228,6 +228,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog")
 
 
+# Text PostgreSQL cannot store: NUL (in text and in jsonb) and lone surrogates (bytes that were not UTF-8, decoded
+# with surrogateescape). Every boundary that takes text from outside either refuses it or replaces it (U+FFFD).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with NUL and lone surrogates replaced by U+FFFD (the same object when there are none)."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return UNSTORABLE.sub("\ufffd", text)
+
+
 def _json_dumps(value) -> str:
     import json
 

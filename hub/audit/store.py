@@ -20,6 +20,8 @@ from typing import Any
 
 import asyncpg
 
+from hub.db import UNSTORABLE, storable
+
 
 @dataclass(frozen=True)
 class Event:
@@ -40,12 +42,33 @@ def _facts(e: Event) -> str:
     facts = dict(e.facts)
     if e.recipients and "recipients" not in facts:
         facts["recipients"] = list(e.recipients)
-    return json.dumps(facts, separators=(",", ":"), ensure_ascii=False, default=str)
+    text = json.dumps(facts, separators=(",", ":"), ensure_ascii=False, default=str)
+    if "\\u0000" in text or (not text.isascii() and UNSTORABLE.search(text)):
+        text = json.dumps(_cleaned(json.loads(text)), separators=(",", ":"), ensure_ascii=False)
+    return text
+
+
+def _cleaned(value: Any) -> Any:
+    """Facts with NUL and lone surrogates replaced (U+FFFD) in every string, keys included."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {storable(k): _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
+
+
+def _text(value: str | None) -> str | None:
+    return value if value is None else storable(value)
 
 
 def _row(e: Event) -> tuple:
-    return (e.message_id, e.event, e.account, e.sender, e.recipient, e.patient_key, e.doc_type, e.rule_version,
-            e.actor, _facts(e))
+    """One event as column values. The boundary for text PostgreSQL cannot store: whatever a caller puts in an
+    event (an address, a header value, a parser's warning quoting the document), NUL and undecodable bytes are
+    replaced here, so an audit insert never fails on them (and never sends a message to `dead`)."""
+    return (_text(e.message_id), e.event, _text(e.account), _text(e.sender), _text(e.recipient), e.patient_key,
+            _text(e.doc_type), e.rule_version, _text(e.actor), _facts(e))
 
 
 _INSERT = ("INSERT INTO audit_event (message_id, event, account, sender, recipient, patient_key, doc_type,"

@@ -1,7 +1,8 @@
 """The HTTP listener: /healthz, /metrics (Prometheus), and the admin and audit API mounted by feature packages.
 
 /healthz answers 200 with a JSON detail when the database answers and the rule set is valid, else 503 with the
-reason. Errors are JSON: {"error": "..."} with the HTTP status.
+reason. Errors are JSON: {"error": "..."} with the HTTP status; a NUL (`%00`) anywhere in the path or the query is a
+400 before any handler runs, a value PostgreSQL refuses a 400, anything unexpected a 500 without internals.
 Settings read: http.listen.
 """
 
@@ -9,14 +10,32 @@ from __future__ import annotations
 
 import os
 
+import asyncpg
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from hub.db import UNAVAILABLE
+from hub.db import UNAVAILABLE, UNSTORABLE
+
+log = structlog.get_logger("hub.http")
+
+
+def unstorable(request: web.Request) -> str | None:
+    """What in the request's path or query holds text PostgreSQL cannot store (a NUL: `%00`), or None."""
+    if UNSTORABLE.search(request.path):
+        return "the path"
+    for key, value in request.query.items():
+        if UNSTORABLE.search(key) or UNSTORABLE.search(value):
+            return f"parameter {key!r}"
+    return None
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
+    bad = unstorable(request)
+    if bad is not None:
+        return web.json_response({"error": f"{bad} holds a NUL character (%00), which no value may contain"},
+                                 status=400)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -25,6 +44,12 @@ async def json_errors(request: web.Request, handler):
         return web.json_response({"error": exc.reason}, status=exc.status)
     except UNAVAILABLE:
         return web.json_response({"error": "database unavailable"}, status=503)
+    except asyncpg.exceptions.DataError:          # a value PostgreSQL refuses: the request's, never retried as is
+        log.info("http_bad_value", path=request.path)
+        return web.json_response({"error": "a value in the request cannot be used"}, status=400)
+    except Exception:
+        log.exception("http_failed", path=request.path)
+        return web.json_response({"error": "internal error (logged at the hub)"}, status=500)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,37 @@
+"""Bad input at the HTTP entry of a running hub, with valid tokens: `%00` anywhere in a path or a parameter of the
+API and the auditor pages is a 400 with a JSON body, never a 500; other odd bytes are ordinary values."""
+
+import aiohttp
+from yarl import URL
+
+from hub.audit import tokens
+
+AUDIT_PARAMS = ["since", "until", "message_id", "account", "sender", "recipient", "patient_ins", "patient_key",
+                "doc_type", "status", "rule_version", "limit", "cursor", "order", "format"]
+
+
+async def test_nul_anywhere_in_the_api_is_a_clear_400(start_hub, conn):
+    hub = await start_hub({})
+    _, auditor = await tokens.create(conn, "alice", "auditor", actor="test")
+    _, operator = await tokens.create(conn, "ops", "operator", actor="test")
+    base = f"http://127.0.0.1:{hub.http_port}"
+    urls = [(f"/api/audit/messages?{p}=a%00b", auditor) for p in AUDIT_PARAMS]
+    urls += [("/api/audit/messages?%00=x", auditor), ("/api/audit/messages/%00", auditor),
+             ("/api/audit/messages/1a2b%00c", auditor), ("/api/audit/messages/%00?format=json", auditor),
+             ("/api/directory/lookup?q=martin%00", operator), ("/api/directory/lookup?q=x&limit=%00", operator),
+             ("/api/queue?state=%00", operator), ("/api/rules?%00", operator), ("/api/nothing/%00", auditor),
+             ("/audit/messages/%00", auditor), ("/audit?sender=%00", auditor)]
+    async with aiohttp.ClientSession() as http:
+        for path, secret in urls:
+            async with http.get(URL(base + path, encoded=True), headers={"Authorization": f"Bearer {secret}"}) as r:
+                assert r.status == 400, (path, r.status, await r.text())
+                assert r.content_type == "application/json", path
+                assert "NUL" in (await r.json())["error"], path
+        # odd but storable bytes are ordinary values: a search that finds nothing, a 404
+        for path in ("/api/audit/messages?sender=%ff%fe", "/api/audit/messages?recipient=%C3%A9%01",
+                     "/api/audit/messages/%ff"):
+            async with http.get(URL(base + path, encoded=True), headers={"Authorization": f"Bearer {auditor}"}) as r:
+                assert r.status in (200, 400, 404) and r.content_type == "application/json", (path, r.status)
+        async with http.get(URL(base + "/api/audit/messages?sender=x", encoded=True),
+                            headers={"Authorization": f"Bearer {auditor}"}) as r:
+            assert r.status == 200 and (await r.json())["messages"] == []
