@@ -47,7 +47,9 @@ class SmtpSection:
     client_ca_file: str = ""
     max_message_size: int = 31457280
     max_recipients: int = 100
-    auth_failures_per_minute: int = 10   # per peer IP, then 421 until the minute passes
+    max_header_size: int = 262144        # bytes of header section; more, or a line over 998 characters: 554 5.6.0
+    max_header_fields: int = 1000
+    auth_failures_per_minute: int = 10   # per peer IP across every process sharing the database, then 421
     session_timeout: float = 300.0
     max_connections: int = 500           # per process
 

@@ -252,3 +252,70 @@ def settings_for(tmp_path, database_url: str, pki, transport: dict[str, int], **
     for name, values in sections.items():
         replaced[name] = dataclasses.replace(getattr(base, name), **values)
     return dataclasses.replace(base, **replaced)
+
+
+class RawSMTP:
+    """A raw SMTP client on asyncio streams: the exact bytes given go out (no quoting, no encoding, no dot-stuffing
+    unless asked), each reply comes back as (code, text of all its lines)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, ca_file: Path | None = None, *, user: str | None = None,
+                   password: str | None = None, client_cert=None, ehlo: bytes = b"dpi.ch-test.example"):
+        import base64
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        c = cls(reader, writer)
+        assert (await c.reply())[0] == 220
+        assert (await c.cmd(b"EHLO " + ehlo))[0] == 250
+        if ca_file is not None:
+            assert (await c.cmd(b"STARTTLS"))[0] == 220
+            ctx = ssl.create_default_context(cafile=str(ca_file))
+            if client_cert:
+                ctx.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
+            await writer.start_tls(ctx, server_hostname="localhost")
+            assert (await c.cmd(b"EHLO " + ehlo))[0] == 250
+        if user:
+            code, text = await c.cmd(b"AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()))
+            assert code == 235, text
+        return c
+
+    async def reply(self, timeout: float = 30) -> tuple[int, str]:
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
+            if not line:
+                raise ConnectionError("connection closed by the server")
+            lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return int(line[:3]), "\n".join(lines)
+
+    async def cmd(self, line: bytes) -> tuple[int, str]:
+        self.writer.write(line + b"\r\n")
+        return await self.reply()
+
+    async def send(self, mail_from: bytes, rcpts: list[bytes], content: bytes) -> tuple[int, str]:
+        """MAIL, RCPT each, DATA with `content` (dot-stuffed here): the last reply (MAIL's or RCPT's if refused)."""
+        reply = await self.cmd(b"MAIL FROM:<" + mail_from + b">")
+        if reply[0] != 250:
+            return reply
+        for r in rcpts:
+            reply = await self.cmd(b"RCPT TO:<" + r + b">")
+            if reply[0] != 250:
+                await self.cmd(b"RSET")
+                return reply
+        reply = await self.cmd(b"DATA")
+        if reply[0] != 354:
+            return reply
+        body = content if content.endswith(b"\r\n") else content + b"\r\n"
+        self.writer.write((b"." if body.startswith(b".") else b"") + body.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+        return await self.reply()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass

@@ -15,6 +15,7 @@ import ssl
 import time
 from email.utils import formatdate
 
+import asyncpg
 import structlog
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -23,7 +24,7 @@ from hub.audit.store import Event
 from hub.delivery.notify import new_message_id
 from hub.db import UNAVAILABLE
 from hub.errors import HubError, TemporaryError
-from hub.intake import replies
+from hub.intake import limits, replies
 from hub.intake.accounts import AccountBook
 from hub.intake.auth import CredentialCache, FailureLimiter, verify_password
 from hub.intake.store import NewMessage, insert_message
@@ -74,7 +75,15 @@ class IntakeHandler:
         session.host_name = hostname
         if self.closing:
             return [replies.SHUTTING_DOWN]
-        return responses[:-1] + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN", responses[-1]]
+        offered = [r for r in responses[:-1] if r != "250-SMTPUTF8"]     # MSSanté addresses are ASCII
+        return offered + ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN", responses[-1]]
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An exception escaping an SMTP command (aiosmtpd would answer `500 Error: (X) text`): logged here, and the
+        client gets a plain temporary failure, never the exception's text."""
+        log.error("smtp_command_failed", error=type(error).__name__, exc_info=error)
+        obs.SMTP_REPLIES.labels("451").inc()
+        return replies.TEMP_FAILURE
 
     async def authenticate(self, server, session, mechanism: str, login: bytes, password: bytes) -> AuthResult:
         ip = session.peer[0] if session.peer else "?"
@@ -163,6 +172,13 @@ class IntakeHandler:
     async def handle_DATA(self, server, session, envelope):
         if self.closing:
             return replies.SHUTTING_DOWN
+        smtp = self.settings.smtp
+        refusal = limits.refusal(envelope.content, max_header_size=smtp.max_header_size,
+                                 max_header_fields=smtp.max_header_fields)
+        if refusal is not None:
+            obs.SMTP_REPLIES.labels(refusal[:3]).inc()
+            log.info("message_refused", account=getattr(envelope.hub_account, "name", None), reply=refusal)
+            return refusal
         self.in_flight += 1
         started = time.perf_counter()
         account = envelope.hub_account
@@ -192,6 +208,10 @@ class IntakeHandler:
             obs.SMTP_REPLIES.labels("451").inc()
             log.warning("intake_failed", message_id=message_id, error=f"{type(exc).__name__}: {exc}")
             return replies.TEMP_FAILURE
+        except asyncpg.exceptions.DataError as exc:    # PostgreSQL refuses these bytes: it would at every retry
+            obs.SMTP_REPLIES.labels("554").inc()
+            log.error("intake_refused_data", message_id=message_id, error=f"{type(exc).__name__}: {exc}")
+            return replies.DATA_REFUSED
         except Exception as exc:   # any doubt is a 4xx: the client keeps the message
             obs.SMTP_REPLIES.labels("451").inc()
             log.exception("intake_failed", message_id=message_id, error=f"{type(exc).__name__}: {exc}")

@@ -8,6 +8,10 @@
   and BODY, and hand them to the handler parsed.
 * AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop).
 * Any 421 reply closes the connection.
+* Envelope text is checked before anything stores or looks it up (`address_problem`, `text_problem`): bytes that
+  are not UTF-8 (aiosmtpd hands them over as lone surrogates), NUL and other control characters, non-ASCII
+  addresses (SMTPUTF8 is not offered: MSSanté addresses are ASCII) and malformed domains get a 5xx reply, in
+  MAIL, RCPT, their ENVID / ORCPT parameters and EHLO / HELO.
 Policy lives in hub.intake.handler.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import re
 import socket
 from base64 import b64decode
@@ -28,6 +33,35 @@ _TERMINATOR = b"\r\n.\r\n"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _ADDR = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
+_SURROGATE = re.compile("[\ud800-\udfff]")          # undecodable bytes, as aiosmtpd's surrogateescape leaves them
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why envelope text cannot be taken (it could not be stored or would mean something else downstream)."""
+    if _SURROGATE.search(text):
+        return "not utf-8"
+    if _CONTROL.search(text):
+        return "control"
+    return None
+
+
+def address_problem(address: str, *, sender: bool) -> str | None:
+    """The refusal for an envelope address (MAIL FROM when `sender`, else RCPT TO), or None when it is usable."""
+    enhanced = "5.1.7" if sender else "5.1.3"
+    problem = text_problem(address)
+    if problem == "not utf-8":
+        return replies.ADDRESS_NOT_UTF8.format(enhanced=enhanced)
+    if problem == "control":
+        return replies.ADDRESS_CONTROL.format(enhanced=enhanced)
+    if not address.isascii():
+        return replies.ADDRESS_NOT_ASCII
+    local, at, domain = address.rpartition("@")
+    if not at or not local or " " in address or len(address) > 320 or not _DOMAIN.fullmatch(domain):
+        return replies.MALFORMED_SENDER if sender else replies.MALFORMED_ADDRESS
+    return None
 
 
 def xtext_decode(value: str) -> str:
@@ -71,8 +105,8 @@ class HubSMTP(SMTP):
         pipelined, RFC 2920) and goes out in one write with the following replies, as Postfix does: the replies to
         MAIL, RCPT and DATA cost one write instead of three. Every other reply (354, 220 before TLS, errors)
         flushes, and nothing is held when the next read would wait for the client."""
-        if isinstance(status, str):
-            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        if isinstance(status, str):     # never fails: a reply quoting undecodable client bytes gets "?" for them
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace")
         held = self.__dict__.setdefault("_hub_replies", [])
         held.append(status + b"\r\n")
         reader = self._reader
@@ -83,6 +117,21 @@ class HubSMTP(SMTP):
         await self._writer.drain()
         if status[:3] == b"421" and self.transport is not None:
             self.transport.close()
+
+    # ---- HELO / EHLO -------------------------------------------------------------------------------------------
+    @functools.wraps(SMTP.smtp_HELO)                 # keeps aiosmtpd's HELP syntax text
+    async def smtp_HELO(self, hostname: str) -> None:
+        if hostname and text_problem(hostname):
+            await self.push(replies.BAD_HELO.format(verb="HELO"))
+            return
+        await super().smtp_HELO(hostname)
+
+    @functools.wraps(SMTP.smtp_EHLO)
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if hostname and text_problem(hostname):
+            await self.push(replies.BAD_HELO.format(verb="EHLO"))
+            return
+        await super().smtp_EHLO(hostname)
 
     # ---- MAIL / RCPT -------------------------------------------------------------------------------------------
     def _split_path(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
@@ -96,6 +145,7 @@ class HubSMTP(SMTP):
             return None
         return m.group(1).strip(), m.group(2)
 
+    @functools.wraps(SMTP.smtp_MAIL)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_MAIL(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
@@ -106,8 +156,9 @@ class HubSMTP(SMTP):
             await self.push(replies.BAD_SYNTAX_MAIL)
             return
         address, rest = split
-        if address and ("@" not in address or " " in address or len(address) > 320):
-            await self.push(replies.MALFORMED_ADDRESS)
+        refusal = address_problem(address, sender=True) if address else None
+        if refusal:
+            await self.push(refusal)
             return
         if getattr(self.envelope, "hub_mail_started", False):
             await self.push(replies.NESTED_MAIL)
@@ -133,10 +184,10 @@ class HubSMTP(SMTP):
             await self.push(replies.BAD_PARAM.format(name="RET"))
             return
         envid = params.pop("ENVID", None)
-        if envid is not None and (not isinstance(envid, str) or len(envid) > 100):
+        if envid is not None and (not isinstance(envid, str) or len(envid) > 100 or text_problem(envid)
+                                  or text_problem(xtext_decode(envid))):
             await self.push(replies.BAD_PARAM.format(name="ENVID"))
             return
-        params.pop("SMTPUTF8", None)
         if params:
             await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
             return
@@ -149,6 +200,7 @@ class HubSMTP(SMTP):
             self.envelope.hub_dsn = dsn
         await self.push(replies.SENDER_OK if status is MISSING else status)
 
+    @functools.wraps(SMTP.smtp_RCPT)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_RCPT(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
@@ -162,8 +214,9 @@ class HubSMTP(SMTP):
             await self.push(replies.BAD_SYNTAX_RCPT)
             return
         address, rest = split
-        if not address or "@" not in address or " " in address or len(address) > 320:
-            await self.push(replies.MALFORMED_ADDRESS)
+        refusal = address_problem(address, sender=False) if address else replies.MALFORMED_ADDRESS
+        if refusal:
+            await self.push(refusal)
             return
         params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)
         if params is None:
@@ -178,7 +231,8 @@ class HubSMTP(SMTP):
                 return
             notify = ",".join(sorted(values))
         orcpt = params.pop("ORCPT", None)
-        if orcpt is not None and (not isinstance(orcpt, str) or ";" not in orcpt):
+        if orcpt is not None and (not isinstance(orcpt, str) or ";" not in orcpt or len(orcpt) > 500
+                                  or text_problem(orcpt) or text_problem(xtext_decode(orcpt))):
             await self.push(replies.BAD_PARAM.format(name="ORCPT"))
             return
         if params:
@@ -197,6 +251,7 @@ class HubSMTP(SMTP):
             self.envelope.hub_mail_started = False
 
     # ---- DATA --------------------------------------------------------------------------------------------------
+    @functools.wraps(SMTP.smtp_DATA)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed():
             return
