@@ -1,5 +1,5 @@
 """Establishment authentication: passwords (scrypt, slow and salted), client-certificate subjects, client networks,
-the per-IP failure limiter, and a short-lived cache of verified credentials so a client reconnecting for every
+the per-IP failure limiter (counted in PostgreSQL, for every process and node), and a short-lived cache of verified credentials so a client reconnecting for every
 message does not pay the slow hash each time.
 
 Trusts nothing from the client; reads smtp.auth_failures_per_minute.
@@ -7,14 +7,15 @@ Trusts nothing from the client; reads smtp.auth_failures_per_minute.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
 import secrets
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
+from datetime import timedelta
 
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 
@@ -69,28 +70,37 @@ class Account:
 
 
 class FailureLimiter:
-    """At most `limit` failures per peer IP in a sliding minute."""
+    """At most `limit` failed AUTH attempts per client address in a sliding `window` (seconds), for the whole hub:
+    counted in PostgreSQL (table auth_attempt, functions auth_begin / auth_end), so every process and every node
+    sharing the database sees the same count. A password verification holds a slot while it runs, so parallel
+    guesses cannot overshoot the limit; when every slot is taken by verifications in progress, a new one waits
+    for a free slot (up to `wait` seconds, then "busy"). A login with credentials verified moments ago
+    (CredentialCache) guesses nothing: it needs no slot, only the check that the address is not blocked."""
 
-    def __init__(self, limit: int, window: float = 60.0):
+    def __init__(self, pool, limit: int, window: float = 60.0, wait: float = 10.0):
+        self.pool = pool
         self.limit = limit
-        self.window = window
-        self._seen: dict[str, deque[float]] = defaultdict(deque)
+        self.window = timedelta(seconds=window)
+        self.wait = wait
 
-    def _trim(self, ip: str, now: float) -> deque[float]:
-        q = self._seen[ip]
-        while q and q[0] < now - self.window:
-            q.popleft()
-        return q
+    async def begin(self, ip: str, *, verify: bool) -> tuple[str, int]:
+        """("ok", slot) — slot 0 when `verify` is false —, ("blocked", 0) or ("busy", 0). Database errors propagate
+        (the caller answers a temporary failure)."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            async with self.pool.acquire() as conn:
+                slot = await conn.fetchval("SELECT auth_begin($1, $2, $3, $4)", ip, self.limit, self.window, verify)
+            if slot < 0:
+                return "blocked", 0
+            if slot > 0 or not verify:
+                return "ok", slot
+            if time.monotonic() > deadline:
+                return "busy", 0
+            await asyncio.sleep(0.05)
 
-    def blocked(self, ip: str) -> bool:
-        q = self._trim(ip, time.monotonic())
-        if not q:
-            self._seen.pop(ip, None)
-        return len(q) >= self.limit
-
-    def failed(self, ip: str) -> None:
-        now = time.monotonic()
-        self._trim(ip, now).append(now)
+    async def end(self, slot: int, ok: bool) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT auth_end($1, $2)", slot, ok)
 
 
 class CredentialCache:

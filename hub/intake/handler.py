@@ -10,6 +10,7 @@ Input trusted: nothing from the client. Settings read: smtp.*, hub.domains.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import ssl
 import time
@@ -61,7 +62,7 @@ class IntakeHandler:
         self.pool = pool
         self.accounts = accounts
         self.router = router
-        self.limiter = FailureLimiter(settings.smtp.auth_failures_per_minute)
+        self.limiter = FailureLimiter(pool, settings.smtp.auth_failures_per_minute)
         self.creds = CredentialCache()
         self.closing = False
         self.on_queued = None             # callables set by the composition root (wake the local workers)
@@ -87,25 +88,37 @@ class IntakeHandler:
 
     async def authenticate(self, server, session, mechanism: str, login: bytes, password: bytes) -> AuthResult:
         ip = session.peer[0] if session.peer else "?"
-        if self.limiter.blocked(ip):
-            obs.AUTH.labels("blocked").inc()
-            return AuthResult(success=False, handled=False, message=replies.AUTH_TOO_MANY)
         name = login.decode("utf-8", "replace")
         secret = password.decode("utf-8", "replace")
         account = self.accounts.by_name(name)
-        ok = False
-        if account is not None and account.password_hash:
-            if self.creds.get(name, secret, account.password_hash):
-                ok = True
-            else:
-                loop = asyncio.get_running_loop()
-                ok = await loop.run_in_executor(None, verify_password, secret, account.password_hash)
-                if ok:
-                    self.creds.put(name, secret, account.password_hash)
+        known = bool(account is not None and account.password_hash and
+                     self.creds.get(name, secret, account.password_hash))
+        try:
+            state, slot = await self.limiter.begin(ip, verify=not known)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            log.warning("auth_check_failed", peer=ip, error=type(exc).__name__)
+            return AuthResult(success=False, handled=False, message=replies.AUTH_TEMP_FAILURE)
+        if state != "ok":
+            obs.AUTH.labels(state).inc()
+            log.info("auth_refused", peer=ip, reason=state, pid=os.getpid())
+            return AuthResult(success=False, handled=False,
+                              message=replies.AUTH_TOO_MANY if state == "blocked" else replies.AUTH_TEMP_FAILURE)
+        ok = known
+        if not known:
+            try:
+                if account is not None and account.password_hash:
+                    loop = asyncio.get_running_loop()
+                    ok = await loop.run_in_executor(None, verify_password, secret, account.password_hash)
+                    if ok:
+                        self.creds.put(name, secret, account.password_hash)
+            finally:
+                try:
+                    await self.limiter.end(slot, ok)
+                except (*UNAVAILABLE, asyncpg.PostgresError) as exc:     # the slot expires with the window
+                    log.warning("auth_record_failed", peer=ip, error=type(exc).__name__)
         if not ok:
-            self.limiter.failed(ip)
             obs.AUTH.labels("failed").inc()
-            log.info("auth_failed", peer=ip, mechanism=mechanism)
+            log.info("auth_failed", peer=ip, mechanism=mechanism, pid=os.getpid())
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         session.hub_account = account
         obs.AUTH.labels("ok").inc()

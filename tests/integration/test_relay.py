@@ -1,6 +1,7 @@
 """The relay core end to end: real smtplib client with STARTTLS and AUTH, the hub, real trust-space peers that
 require the hub's client certificate, real PostgreSQL."""
 
+import asyncio
 import email
 import smtplib
 
@@ -174,6 +175,25 @@ async def test_bad_credentials_and_rate_limit(start_hub, pki):
     with pytest.raises((smtplib.SMTPServerDisconnected, smtplib.SMTPAuthenticationError)):
         await client(hub, pki).send(SENDER, ["a@medecin.mssante.fr"], message())
 
+
+async def test_parallel_logins_with_the_right_password_are_never_refused(start_hub, pki):
+    """A lab opening many sessions at once from one address (cold credential cache): every login succeeds, the
+    password verifications wait for a free slot instead of counting against the limit (3 in the test settings)."""
+    import base64
+
+    from tests.support import RawSMTP
+
+    hub = await start_hub({})
+    good = b"AUTH PLAIN " + base64.b64encode(f"\0ch-test\0{PASSWORD}".encode())
+
+    async def login() -> int:
+        c = await RawSMTP.open(hub.smtp_port, pki["ca_file"])
+        try:
+            return (await c.cmd(good))[0]
+        finally:
+            await c.close()
+
+    assert await asyncio.gather(*(login() for _ in range(12))) == [235] * 12
 
 async def test_oversized_message_is_refused(start_hub, peer, pki, conn):
     hub = await start_hub({"medecin.mssante.fr": peer.port_})
