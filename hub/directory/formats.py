@@ -161,7 +161,11 @@ class Reader:
         try:
             header = raw.decode("utf-8-sig").rstrip("\r\n")
         except UnicodeDecodeError:
-            header = raw.decode("cp1252").rstrip("\r\n")
+            try:
+                header = raw.decode("cp1252").rstrip("\r\n")
+            except UnicodeDecodeError as exc:         # 0x81, 0x8d, 0x8f, 0x90, 0x9d: not even cp1252
+                raise ImportFileError(f"header line is neither UTF-8 nor cp1252 (byte 0x{raw[exc.start]:02x}): "
+                                      "not a directory file", where=f"{name}:1:{exc.start + 1}") from None
         labels = [fold(h) for h in header.split("|")]
         self._row: Callable[[list[str], str], tuple | None]
         if len(labels) >= 2 and labels[0] in ("type de bal", "type bal") and labels[1].startswith("adresse bal"):

@@ -24,6 +24,7 @@ import io
 import os
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, BinaryIO
@@ -37,6 +38,9 @@ from hub.directory.formats import Reader
 from hub.errors import DatabaseUnavailable, ImportFileError, TemporaryError
 
 REJECT_FLOOR = 10                        # this many malformed lines are always tolerated
+# what reading a damaged file raises: corrupt zip (bad CRC, bad deflate data, truncated), encrypted or unsupported
+# zip member (zipfile raises RuntimeError / NotImplementedError for those), I/O errors
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
 _MEMBER_PREFIXES = ("extraction_correspondance_mssante", "ps_libreacces_personne_activite")
 
 
@@ -89,11 +93,15 @@ def open_file(path: str | os.PathLike) -> tuple[BinaryIO, str]:
                                       "Extraction_Correspondance_MSSante or PS_LibreAcces_Personne_activite",
                                       where=str(path))
             member = chosen[0]
+            if member.flag_bits & 0x1:
+                zf.close()
+                raise ImportFileError(f"zip member {member.filename} is encrypted (password protected): not the"
+                                      " file as published", where=str(path))
             return _ZipMember(zf, member), f"{path.name}:{member.filename}"
         return open(path, "rb", buffering=1 << 20), path.name
     except FileNotFoundError:
         raise ImportFileError("file not found", where=str(path)) from None
-    except (zipfile.BadZipFile, OSError) as exc:
+    except _UNREADABLE as exc:
         raise ImportFileError(f"cannot read: {exc}", where=str(path)) from None
 
 
@@ -101,6 +109,9 @@ def _read_header(path: str | os.PathLike) -> Reader:
     stream, name = open_file(path)
     try:
         return Reader(stream, name)
+    except _UNREADABLE as exc:
+        stream.close()
+        raise ImportFileError(f"cannot read: {exc}", where=f"{name}:1") from None
     except BaseException:
         stream.close()
         raise
@@ -110,7 +121,7 @@ async def _rows(reader: Reader, batch_size: int) -> AsyncIterator[tuple]:
     while True:
         try:
             batch = await asyncio.to_thread(reader.batch, batch_size)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:   # corrupt zip member, read error
+        except _UNREADABLE as exc:            # corrupt or encrypted zip member, read error
             raise ImportFileError(f"cannot read: {exc}",
                                   where=f"{reader.name}:{reader.lineno}") from None
         if not batch:

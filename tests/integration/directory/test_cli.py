@@ -96,3 +96,39 @@ async def test_http_lookup(database, conn, tmp_path):
             resp = await client.get("/api/directory/lookup", params=params)
             assert resp.status == 400 and "error" in await resp.json(), params
     await pool.close()
+
+
+async def test_undecodable_or_corrupt_files_get_file_line_and_reason(hub_cmd, tmp_path):
+    """Bytes outside cp1252 in a header (0x81, 0x8d, 0x8f, 0x90, 0x9d), a corrupt or encrypted zip member: the
+    operator gets `hub: error: FILE:LINE: why` and exit 2, never a traceback."""
+    from hub.directory.formats import MSSANTE_HEADER, PS_HEADER_56
+
+    header = tmp_path / "Extraction_Correspondance_MSSante.txt"
+    header.write_bytes(("|".join(MSSANTE_HEADER)).encode("utf-8").replace(b"Type de BAL", b"Type de BAL\x81", 1)
+                       + b"\n" + synth.mssante_line(type="PER", address="a@b.mssante.fr").encode() + b"\n")
+    code, out, err = await hub_cmd("import", str(header))
+    assert code == 2 and err.startswith(f"hub: error: {header.name}:1:") and "0x81" in err, err
+    assert "Traceback" not in err
+    ps = tmp_path / "PS_LibreAcces_Personne_activite.txt"
+    ps.write_bytes(("|".join(PS_HEADER_56) + "|\n").encode("cp1252") + b"8|1|\x81\x8d\x90|" + b"|" * 53 + b"\n")
+    code, out, err = await hub_cmd("import", str(ps), "--force")
+    assert "Traceback" not in err and code in (0, 2), err
+    good = write_mss(tmp_path / "Extraction_Correspondance_MSSante_2.txt", CRAFTED)
+    import zipfile
+    archive = tmp_path / "Extraction_Correspondance_MSSante.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(good, "Extraction_Correspondance_MSSante_202611220200.txt")
+    data = bytearray(archive.read_bytes())
+    start = data.index(b"Extraction_Correspondance_MSSante_202611220200.txt") + 60
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(bytes(data[:start]) + bytes(b ^ 0x5A for b in data[start:start + 200]) + bytes(data[start + 200:]))
+    code, out, err = await hub_cmd("import", str(corrupt))
+    assert code == 2 and "corrupt.zip" in err.splitlines()[0] and "cannot read" in err, err
+    assert "Traceback" not in err
+    encrypted = tmp_path / "encrypted.zip"
+    data[6] |= 0x01                                   # the local header's "encrypted" flag
+    cd = data.rindex(b"PK\x01\x02")
+    data[cd + 8] |= 0x01                              # and the central directory's
+    encrypted.write_bytes(bytes(data))
+    code, out, err = await hub_cmd("import", str(encrypted))
+    assert code == 2 and err.startswith(f"hub: error: {encrypted}:") and "is encrypted" in err, err
