@@ -96,8 +96,12 @@ class IntakeHandler:
         try:
             state, slot = await self.limiter.begin(ip, verify=not known)
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            # no count without the database: credentials verified moments ago guess nothing and go on (DATA will
+            # answer 451 if the database is still away); any other attempt waits
             log.warning("auth_check_failed", peer=ip, error=type(exc).__name__)
-            return AuthResult(success=False, handled=False, message=replies.AUTH_TEMP_FAILURE)
+            if not known:
+                return AuthResult(success=False, handled=False, message=replies.AUTH_TEMP_FAILURE)
+            state, slot = "ok", 0
         if state != "ok":
             obs.AUTH.labels(state).inc()
             log.info("auth_refused", peer=ip, reason=state, pid=os.getpid())
