@@ -77,6 +77,7 @@ class Hub:
         from hub.intake.handler import IntakeHandler, server_tls_context
         from hub.intake.protocol import HubSMTP
         from hub.pipeline import Router
+        from hub.revocation import RevocationChecker
 
         s = self.settings
         self.pool = await db.create_pool(self.runtime_url, s)
@@ -88,7 +89,10 @@ class Hub:
             await self.accounts.load(conn)
         await self._start_services()
         self.router = self._build_router(Router)
-        self.handler = IntakeHandler(settings=s, pool=self.pool, accounts=self.accounts, router=self.router)
+        self.revocation = RevocationChecker(s, self.work_pool)
+        await self.revocation.start()
+        self.handler = IntakeHandler(settings=s, pool=self.pool, accounts=self.accounts, router=self.router,
+                                     revocation=self.revocation)
         tls = server_tls_context(s)
         loop = asyncio.get_running_loop()
 
@@ -102,7 +106,8 @@ class Hub:
         sock = _listen_socket(s.smtp.listen, self.reuse_port)
         self.smtp_server = await loop.create_server(factory, sock=sock)
         self.smtp_port = sock.getsockname()[1]
-        self.delivery = DeliveryWorker(s, self.work_pool, self.trust, listen_url=self.runtime_url)
+        self.delivery = DeliveryWorker(s, self.work_pool, self.trust, listen_url=self.runtime_url,
+                                       revocation=self.revocation)
         self.handler.on_queued = self.delivery.wake
         self.tasks.append(asyncio.create_task(self.delivery.run(self.stop_event), name="delivery"))
         for extra in self._extra_tasks():
@@ -147,7 +152,7 @@ class Hub:
         self.processor = Processor(s, self.work_pool, self.registry, patient_key=self.patient_key)
         self.processor.on_queued = self.delivery.wake
         self.handler.on_processing = self.processor.wake
-        tasks = [self.processor.run(self.stop_event), self._refresh_views()]
+        tasks = [self.processor.run(self.stop_event), self._refresh_views(), self.revocation.run(self.stop_event)]
         if self.index == 0:       # one sealer and one retention job per hub process group (advisory locks too)
             tasks.append(AuditSealer(interval=s.audit.seal_interval, batch=s.audit.seal_batch)
                          .run(self.pool, self.stop_event))

@@ -29,6 +29,7 @@ QUEUE_DEPTH = Gauge("hub_queue_recipients", "Recipients waiting, by state (sampl
 RULES_VERSION = Gauge("hub_rules_version", "Active routing rule-set version", multiprocess_mode="max")
 RULES_FAILED = Gauge("hub_rules_reload_failed", "1 while the rule files on disk are invalid (last good set kept)",
                      multiprocess_mode="max")
+REVOCATION = Counter("hub_certificate_revocation_checks_total", "Certificate revocation verdicts (CRL)", ["status"])
 PROCESSED = Counter("hub_messages_processed_total", "Messages through the processing stage", ["outcome"])
 
 

@@ -107,6 +107,18 @@ class TrustSection:
 
 
 @dataclass(frozen=True)
+class RevocationSection:
+    # check trust-space peers' certificates (delivery) and establishments' client certificates against their CRLs
+    check: bool = True
+    crl_urls: list[str] = field(default_factory=list)   # CRLs fetched besides the certificates' distribution points
+    refresh_interval: float = 3600.0     # seconds; each CRL is also fetched again ahead of its nextUpdate
+    retry_interval: float = 300.0        # seconds between attempts while a CRL cannot be fetched
+    fetch_timeout: float = 15.0
+    unavailable: str = "defer"           # CRL unusable (fetch failed, expired, bad signature): defer | accept
+    uncovered: str = "accept"            # no CRL for the certificate at all: accept | defer
+
+
+@dataclass(frozen=True)
 class RulesSection:
     dir: str = "./routing_rules"
     watch: bool = True
@@ -145,6 +157,7 @@ class Settings:
     queue: QueueSection = field(default_factory=QueueSection)
     directory: DirectorySection = field(default_factory=DirectorySection)
     trust: TrustSection = field(default_factory=TrustSection)
+    revocation: RevocationSection = field(default_factory=RevocationSection)
     rules: RulesSection = field(default_factory=RulesSection)
     transform: TransformSection = field(default_factory=TransformSection)
     audit: AuditSection = field(default_factory=AuditSection)
@@ -272,6 +285,17 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"setting directory.unresolved: expected reject or fallback, got {s.directory.unresolved!r}")
     if not s.hub.domains:
         raise ConfigError("setting hub.domains: at least one domain is needed")
+    r = s.revocation
+    if r.unavailable not in ("defer", "accept"):
+        raise ConfigError(f"setting revocation.unavailable: expected defer or accept, got {r.unavailable!r}")
+    if r.uncovered not in ("accept", "defer"):
+        raise ConfigError(f"setting revocation.uncovered: expected accept or defer, got {r.uncovered!r}")
+    for url in r.crl_urls:
+        if not url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"setting revocation.crl_urls: expected http:// or https:// URLs, got {url!r}")
+    for key in ("refresh_interval", "retry_interval", "fetch_timeout"):
+        if getattr(r, key) <= 0:
+            raise ConfigError(f"setting revocation.{key}: expected a positive number of seconds")
     if not 0 <= s.trust.max_removed_ratio <= 1:
         raise ConfigError(f"setting trust.max_removed_ratio: expected 0 to 1, got {s.trust.max_removed_ratio!r}")
 

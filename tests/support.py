@@ -319,3 +319,99 @@ class RawSMTP:
             await self.writer.wait_closed()
         except (ConnectionError, ssl.SSLError):
             pass
+
+
+class SigningCA:
+    """The test CA (trustme) used directly with `cryptography`: certificates that name a CRL distribution point,
+    and CRLs signed by the CA (or by another key, to test signatures)."""
+
+    def __init__(self, ca, base: Path):
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        self.cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+        self.key = load_pem_private_key(ca.private_key_pem.bytes(), None)
+        self.base = base
+
+    def issue(self, name: str, crl_url: str | None, *, common_name: str, organization: str = "OPERATEUR TEST",
+              hosts=("localhost", "127.0.0.1")) -> tuple[Path, Path, int]:
+        import datetime as dt
+        import ipaddress
+
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        names = [x509.IPAddress(ipaddress.ip_address(h)) if h[0].isdigit() else x509.DNSName(h) for h in hosts]
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+                                            x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                   .issuer_name(self.cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                         ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                                  critical=False))
+        if crl_url:
+            builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None, reasons=None,
+                crl_issuer=None)]), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        cert_path, key_path = self.base / f"{name}.pem", self.base / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return cert_path, key_path, cert.serial_number
+
+    def crl(self, revoked=(), *, this_update=None, next_update=None, signer=None) -> bytes:
+        """A DER CRL of this CA listing `revoked` serials (key compromise), valid from an hour ago for a day."""
+        import datetime as dt
+
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+                   .last_update(this_update or now - dt.timedelta(hours=1))
+                   .next_update(next_update or now + dt.timedelta(days=1)))
+        for serial in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - dt.timedelta(minutes=10))
+                .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False).build())
+        return builder.sign(signer or self.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+class CrlServer:
+    """An HTTP server standing in for the national CRL download servers: serves `body` (or answers `status`) at
+    /ca.crl, in the test's event loop."""
+
+    def __init__(self):
+        self.body = b""
+        self.status = 200
+        self.requests = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/ca.crl"
+        self._runner = None
+
+    async def start(self) -> "CrlServer":
+        from aiohttp import web
+
+        async def serve(request):
+            self.requests += 1
+            if self.status != 200:
+                return web.Response(status=self.status, text="unavailable")
+            return web.Response(body=self.body, content_type="application/pkix-crl")
+
+        app = web.Application()
+        app.router.add_get("/ca.crl", serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

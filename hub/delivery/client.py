@@ -3,6 +3,7 @@ client certificate, and per-recipient outcomes for one SMTP transaction.
 
 Outcomes: `delivered` (2xx after DATA), `temporary` (4xx, timeout, TLS or connection failure), `permanent` (5xx).
 Every call has a timeout; a timeout is temporary, never a hang and never a bounce.
+A verified peer certificate is checked against its CRLs (hub.revocation) before the connection is used.
 Settings read: delivery.connect_timeout, delivery.command_timeout, smtp.hostname, delivery.strict_operator_dn.
 """
 
@@ -90,8 +91,9 @@ class ClientPool:
     max_idle = 30.0
     max_uses = 1000
 
-    def __init__(self, settings):
+    def __init__(self, settings, revocation=None):
         self.settings = settings
+        self.revocation = revocation          # hub.revocation.RevocationChecker: peers' certificates vs CRLs
         self._idle: dict[str, list[Connection]] = {}
         self._ctx: dict[str, ssl.SSLContext] = {}
 
@@ -137,6 +139,8 @@ class ClientPool:
                     der = sslobj.getpeercert(binary_form=True)
                     if der:
                         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+                    if hop.tls == "verify" and self.revocation is not None:
+                        await self._check_revocation(hop, der, subject)
                 await smtp.ehlo()
             return Connection(hop, smtp, tls_version, subject, smtp.supports_extension("dsn"))
         except TemporaryError:
@@ -151,6 +155,13 @@ class ClientPool:
         except _NETWORK_ERRORS as exc:
             await self._quit(smtp)
             raise TemporaryError(f"4.4.1 cannot connect to {hop.key}: {type(exc).__name__}: {exc}") from None
+
+    async def _check_revocation(self, hop: NextHop, der: bytes | None, subject: str | None) -> None:
+        """A verified peer certificate that is revoked, or whose status is unknown under the `defer` policy: the
+        connection is not used and the recipients are deferred with the reason (TemporaryError)."""
+        decision = await self.revocation.check(der or b"")
+        if decision.action != "accept":
+            raise TemporaryError(f"4.7.5 certificate of {hop.key} ({subject}): {decision.verdict.reason}")
 
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
         try:

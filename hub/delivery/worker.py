@@ -53,13 +53,13 @@ class Result:
 
 class DeliveryWorker:
     def __init__(self, settings, pool: asyncpg.Pool, trust, *, nexthops: NextHops | None = None,
-                 clients: ClientPool | None = None, listen_url: str | None = None):
+                 clients: ClientPool | None = None, listen_url: str | None = None, revocation=None):
         self.settings = settings
         self.listen_url = listen_url
         self.pool = pool
         self.trust = trust
         self.nexthops = nexthops or NextHops(settings, trust)
-        self.clients = clients or ClientPool(settings)
+        self.clients = clients or ClientPool(settings, revocation)
         self.schedule = Schedule.from_settings(settings.queue)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         d = settings.delivery

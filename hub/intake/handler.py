@@ -57,8 +57,9 @@ def tls_version(server) -> str | None:
 
 
 class IntakeHandler:
-    def __init__(self, *, settings, pool, accounts: AccountBook, router: Router):
+    def __init__(self, *, settings, pool, accounts: AccountBook, router: Router, revocation=None):
         self.settings = settings
+        self.revocation = revocation      # hub.revocation.RevocationChecker, for certificate logins
         self.pool = pool
         self.accounts = accounts
         self.router = router
@@ -158,6 +159,8 @@ class IntakeHandler:
         except UNAVAILABLE:
             pass                                   # keep the last view; DATA will answer 451 if the DB is gone
         account, refusal = self._account_for(server, session, address)
+        if account is not None and refusal is None and getattr(session, "hub_account", None) is None:
+            refusal = await self._certificate_refusal(server, session, account)
         if refusal:
             obs.SMTP_REPLIES.labels(refusal[:3]).inc()
             log.info("sender_refused", peer=session.peer[0] if session.peer else None,
@@ -167,6 +170,25 @@ class IntakeHandler:
         envelope.hub_recipients = []
         envelope.hub_ruleset = self.router.ruleset()       # one rule-set version for the whole message
         return replies.SENDER_OK
+
+    async def _certificate_refusal(self, server, session, account) -> str | None:
+        """When the account was found by the client certificate: its revocation status, checked once per session
+        (revoked: 550 5.7.1; unknown under revocation.unavailable = defer: 451 4.7.0; both with the reason)."""
+        if self.revocation is None or account.cert_subject is None:
+            return None
+        sslobj = server.transport.get_extra_info("ssl_object") if server.transport is not None else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if not der or self.accounts.by_subject(peer_subject(server) or "") != account:
+            return None                               # identified by its network, not by this certificate
+        decision = getattr(session, "hub_certificate", None)
+        if decision is None:
+            decision = session.hub_certificate = await self.revocation.check(der)
+        if decision.action == "refuse":
+            return replies.CERT_REVOKED.format(reason=decision.verdict.reason)
+        if decision.action == "defer":
+            session.hub_certificate = None            # checked again at the next attempt
+            return replies.CERT_STATUS_UNKNOWN.format(reason=decision.verdict.reason)
+        return None
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         if self.closing:
