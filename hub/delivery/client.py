@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 from cryptography import x509
 
+from hub.db import storable
 from hub.delivery.nexthop import NextHop, client_tls_context
 from hub.errors import TemporaryError
 
@@ -65,6 +66,10 @@ async def _data(smtp: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
 class Outcome:
     kind: str                 # delivered | temporary | permanent
     reply: str
+
+    def __post_init__(self) -> None:
+        # a peer's reply is untrusted text: NUL or bytes that are not UTF-8 would fail every write of the outcome
+        self.reply = storable(self.reply)
 
     @classmethod
     def from_code(cls, code: int, message: str) -> "Outcome":

@@ -21,7 +21,7 @@ import structlog
 
 from hub import observability as obs
 from hub.audit.store import Event, record
-from hub.db import UNAVAILABLE
+from hub.db import UNAVAILABLE, storable
 from hub.delivery.client import Outcome
 from hub.delivery.notify import enqueue_notification
 from hub.errors import HubError, TransformError
@@ -89,7 +89,7 @@ class Processor:
             log.exception("processing_failed", message_id=row["id"])
             obs.PROCESSED.labels("dead").inc()
             obs.DEAD.labels("processing").inc()
-            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            reason = storable(f"{type(exc).__name__}: {exc}"[:1000])    # may quote the document
             async with self.pool.acquire() as conn:
                 async with conn.transaction():
                     await conn.execute(
@@ -195,7 +195,7 @@ class Processor:
     async def _invalid(self, conn, msg, plan, rows, exc: TransformError, items) -> list[Event]:
         ids = [r["id"] for r in rows]
         choice = plan.get("on_invalid") or "hold"
-        reason = str(exc)[:500]
+        reason = storable(str(exc)[:500])                 # a parser's reason may quote the document
         base = dict(message_id=msg["id"], account=msg["account"], sender=msg["mail_from"])
         steps = [{"name": s.name, "version": s.version, "input_sha256": s.input_sha256,
                   "validation": s.validation} for s in getattr(exc, "steps", []) or []]

@@ -206,3 +206,40 @@ async def test_no_caller_can_fail_an_audit_insert_with_text_postgresql_refuses(c
     assert rows[0]["facts"] == {"warnings": [clean, {"k\ufffd": clean}], "n": 1}
     assert rows[1]["facts"] == {"w": clean} and rows[2]["facts"] == {"w": "\\u0000 as text"}
     await asyncio.sleep(0)
+
+
+async def test_a_next_hop_replying_with_bytes_that_cannot_be_stored(start_hub, peer, conn, pki):
+    """The other side is untrusted too: a reply with NUL and bytes that are not UTF-8 is recorded (replaced), the
+    bounce goes out, and the delivery stage keeps recording the next outcomes."""
+    async def serve(reader, writer):
+        writer.write(b"220 odd.example ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            writer.write({b"EHLO": b"250 odd.example\r\n", b"MAIL": b"250 ok\r\n",
+                          b"RCPT": b"550 5.1.1 caf\xe9 \x00 \xff\xfe unknown\r\n", b"RSET": b"250 ok\r\n",
+                          b"QUIT": b"221 bye\r\n"}.get(verb, b"502 no\r\n"))
+            await writer.drain()
+            if verb == b"QUIT":
+                break
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        hub = await start_hub({"ch-test.example": port, "medecin.mssante.fr": peer.port_})
+        c = await raw(hub, pki)
+        code, text = await c.send(SENDER, [b"archives@ch-test.example"], HEAD % 1 + b"\r\nbody\r\n")
+        assert code == 250, text
+        mid = text.rsplit(" ", 1)[1]
+        await wait_for(lambda: conn.fetchval("SELECT state = 'bounced' FROM recipient WHERE message_id = $1", mid))
+        reply = await conn.fetchval("SELECT last_reply FROM recipient WHERE message_id = $1", mid)
+        assert reply == "550 5.1.1 caf\ufffd \ufffd \ufffd\ufffd unknown"
+        code, text = await c.send(SENDER, [RCPT], HEAD % 2 + b"\r\nnext\r\n")     # the stage goes on
+        assert code == 250
+        await c.close()
+        await wait_for(lambda: conn.fetchval("SELECT state = 'delivered' FROM recipient WHERE message_id = $1",
+                                             text.rsplit(" ", 1)[1]))
+        # the failure notice to the sender was recorded too (its next hop is the same odd server: bounced)
+        assert await conn.fetchval("SELECT count(*) FROM message WHERE mail_from = ''") == 1
+    finally:
+        server.close()
