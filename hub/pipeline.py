@@ -150,17 +150,12 @@ class Router:
                 raise
             except Exception as exc:
                 content, unparsable = UNPARSABLE, f"{type(exc).__name__}: {exc}"[:300]
-        if ruleset.header_names:
-            try:
-                head = BytesHeaderParser(policy=compat32).parsebytes(body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
-                for name in ruleset.header_names:
-                    value = head.get(name)
-                    if value is not None:
-                        headers[name] = str(value)
-            except MemoryError:
-                raise
-            except Exception as exc:
-                content, unparsable, headers = UNPARSABLE, f"{type(exc).__name__}: {exc}"[:300], {}
+        if ruleset.header_names:         # compat32 never raises: it records defects
+            head = BytesHeaderParser(policy=compat32).parsebytes(body.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+            for name in ruleset.header_names:
+                value = head.get(name)
+                if value is not None:
+                    headers[name] = str(value)
         decisions = []
         for r in recipients:
             facts = getattr(r, "facts", {})

@@ -3,7 +3,7 @@ client certificate, and per-recipient outcomes for one SMTP transaction.
 
 Outcomes: `delivered` (2xx after DATA), `temporary` (4xx, timeout, TLS or connection failure), `permanent` (5xx).
 Every call has a timeout; a timeout is temporary, never a hang and never a bounce.
-A verified peer certificate is checked against its CRLs (hub.revocation) before the connection is used.
+`revocation_refusal` checks a verified peer's certificate against its CRLs (hub.revocation), for the trust space.
 Settings read: delivery.connect_timeout, delivery.command_timeout, smtp.hostname, delivery.strict_operator_dn.
 """
 
@@ -90,6 +90,8 @@ class Connection:
     dsn: bool
     last_used: float = field(default_factory=time.monotonic)
     uses: int = 0
+    peer_der: bytes | None = None
+    revocation: object = None            # the peer certificate's hub.revocation Decision, once checked
 
 
 class ClientPool:
@@ -133,7 +135,7 @@ class ClientPool:
         try:
             await asyncio.wait_for(smtp.connect(), d.connect_timeout)
             await smtp.ehlo()
-            tls_version = subject = None
+            tls_version = subject = der = None
             if hop.tls != "none":
                 if not smtp.supports_extension("starttls"):
                     raise TemporaryError(f"4.7.4 {hop.key} does not offer STARTTLS, which is mandatory")
@@ -144,10 +146,8 @@ class ClientPool:
                     der = sslobj.getpeercert(binary_form=True)
                     if der:
                         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
-                    if hop.tls == "verify" and self.revocation is not None:
-                        await self._check_revocation(hop, der, subject)
                 await smtp.ehlo()
-            return Connection(hop, smtp, tls_version, subject, smtp.supports_extension("dsn"))
+            return Connection(hop, smtp, tls_version, subject, smtp.supports_extension("dsn"), peer_der=der)
         except TemporaryError:
             await self._quit(smtp)
             raise
@@ -161,12 +161,16 @@ class ClientPool:
             await self._quit(smtp)
             raise TemporaryError(f"4.4.1 cannot connect to {hop.key}: {type(exc).__name__}: {exc}") from None
 
-    async def _check_revocation(self, hop: NextHop, der: bytes | None, subject: str | None) -> None:
-        """A verified peer certificate that is revoked, or whose status is unknown under the `defer` policy: the
-        connection is not used and the recipients are deferred with the reason (TemporaryError)."""
-        decision = await self.revocation.check(der or b"")
-        if decision.action != "accept":
-            raise TemporaryError(f"4.7.5 certificate of {hop.key} ({subject}): {decision.verdict.reason}")
+    async def revocation_refusal(self, conn: Connection) -> str | None:
+        """Why a verified peer's certificate must not be used (revoked, or its status unknown under the `defer`
+        policy: hub.revocation), as the reply to defer with; None when it may. Checked once per connection."""
+        if self.revocation is None or conn.hop.tls != "verify":
+            return None
+        if conn.revocation is None:
+            conn.revocation = await self.revocation.check(conn.peer_der or b"")
+        if conn.revocation.action == "accept":
+            return None
+        return f"4.7.5 certificate of {conn.hop.key} ({conn.peer_subject}): {conn.revocation.verdict.reason}"
 
     async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
         try:

@@ -201,6 +201,11 @@ class DeliveryWorker:
                 except TemporaryError as exc:
                     last_error = str(exc)
                     continue
+                refusal = await self.clients.revocation_refusal(conn) if self.trust.is_trusted(domain) else None
+                if refusal is not None:                  # revoked, or status unknown (revocation.unavailable)
+                    self.clients.release(conn, False)
+                    last_error = refusal
+                    continue
                 if self.settings.delivery.strict_operator_dn and self.trust.is_trusted(domain):
                     listed = {dn_key(d) for d in self.trust.operator_dns(domain)}
                     if dn_key(conn.peer_subject or "") not in listed:

@@ -1,6 +1,6 @@
 """Establishment authentication: passwords (scrypt, slow and salted), client-certificate subjects, client networks,
-the per-IP failure limiter (counted in PostgreSQL, for every process and node), and a short-lived cache of verified credentials so a client reconnecting for every
-message does not pay the slow hash each time.
+the per-IP failure limiter (counted in PostgreSQL, for every process and node), and a short-lived cache of
+verified credentials so a client reconnecting for every message does not pay the slow hash each time.
 
 Trusts nothing from the client; reads smtp.auth_failures_per_minute.
 """

@@ -218,7 +218,10 @@ class RevocationChecker:
         urls = distribution_points(cert)
         missing = [u for u in urls if u not in self.sources]
         if missing:
-            await asyncio.gather(*(self._learn(u) for u in missing))
+            try:
+                await asyncio.gather(*(self._learn(u) for u in missing))
+            except Exception:        # whatever could not be learned makes the verdict "unknown" below
+                log.exception("crl_learn_failed", urls=missing)
         verdict = judge(cert, urls, self.sources, datetime.now(timezone.utc))
         return self._decide(verdict)
 
