@@ -51,11 +51,14 @@ async def _cmd_refresh(args, ctx) -> int:
         await checker.start()
         async with pool.acquire() as conn:
             await store.make_due(conn)
-        failed = 0
+        failed = fetched = 0
         while results := await checker.fetch_due():
             for url, error in results:
                 print(f"{'FAILED' if error else 'ok':7} {url}{f': {error}' if error else ''}")
                 failed += error is not None
+                fetched += 1
+        if not fetched:
+            print("no CRL known yet (learned from the first certificate that names one, or revocation.crl_urls)")
     finally:
         await checker.close()
         await pool.close()
