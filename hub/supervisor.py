@@ -207,16 +207,15 @@ class Supervisor:
         for fd in self._wake:
             os.set_blocking(fd, False)
         old_wakeup = signal.set_wakeup_fd(self._wake[1])
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
             for w in self.workers:
                 self._spawn(w)
             return self._loop()
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self.pg is not None:
                 self.pg.close()
             for fd in self._wake:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import smtplib
@@ -20,6 +21,31 @@ PEER_DN = "CN=smtp.operator.example,O=OPERATEUR TEST"
 def hub_cmd(config, *args) -> list[str]:
     return [sys.executable, "-m", "hub", *args, "--config", str(config)] if args and args[0] == "serve" \
         else [sys.executable, "-m", "hub", "--config", str(config), *args]
+
+
+@contextlib.contextmanager
+def as_user(user: str):
+    """A command prefix running as `user` (runuser), with traversal (never reading) granted on the interpreter's
+    parent directories for the duration (as the embedded PostgreSQL's set-up does for its binaries)."""
+    import shutil
+    import stat
+
+    runuser = shutil.which("runuser")
+    if runuser is None:
+        import pytest
+
+        pytest.skip("runuser (util-linux) is not installed")
+    changed = []
+    for parent in Path(sys.base_prefix).resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+            changed.append((parent, stat.S_IMODE(mode)))
+    try:
+        yield [runuser, "-u", user, "--"]
+    finally:
+        for parent, mode in reversed(changed):
+            parent.chmod(mode)
 
 
 def clean_env(**extra) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.serve_support import clean_env, run_hub, write_config
+from tests.e2e.serve_support import ROOT, as_user, clean_env, hub_cmd, run_hub, write_config
 from tests.support import free_port
 
 
@@ -101,8 +101,6 @@ def test_a_terminal_gets_plain_text(base):
     """On a terminal the same line is plain text (`hub: error: ...`): run through `script` when available."""
     if shutil.which("script") is None:
         pytest.skip("util-linux `script` not installed")
-    from tests.e2e.serve_support import hub_cmd
-
     cmd = " ".join(hub_cmd(base, "serve"))
     proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, timeout=60,
                           env=clean_env(HUB_RULES_DIR="/nonexistent/rules"))
@@ -129,15 +127,9 @@ def test_unreadable_key_names_the_user(pki):
         config = write_config(d / "hub.toml", pki, data_dir=data, smtp_port=free_port(), http_port=free_port(),
                               transport={})
         config.chmod(0o644)
-        if not os.access(sys.executable, os.X_OK) or any(not p.stat().st_mode & 0o001 for p in d.parents):
-            pytest.skip("the test files are not reachable by other users")
-        try:
-            proc = run_hub(config, "serve", env=clean_env(HUB_SMTP_TLS_CERT=str(cert), HUB_SMTP_TLS_KEY=str(key)),
-                           user="nobody", timeout=60)
-        except PermissionError as exc:
-            pytest.skip(f"the Python interpreter is not usable by `nobody`: {exc}")
-        if "Permission denied" in proc.stderr and "startup_failed" not in proc.stderr:
-            pytest.skip(f"the hub's own files are not readable by `nobody`: {proc.stderr[-200:]}")
+        with as_user("nobody") as prefix:
+            proc = subprocess.run([*prefix, *hub_cmd(config, "serve")], capture_output=True, text=True, cwd=ROOT,
+                                  env=clean_env(HUB_SMTP_TLS_CERT=str(cert), HUB_SMTP_TLS_KEY=str(key)), timeout=60)
         assert proc.returncode == 2, proc.stderr
         error = one_line(proc)
         assert "smtp.tls_key" in error and "permission denied" in error and "nobody" in error
