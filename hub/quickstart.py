@@ -207,6 +207,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 
 def run(args) -> int:
+    import logging
+
+    logging.getLogger("mail.log").setLevel(logging.ERROR)   # aiosmtpd's notice about CERT_REQUIRED: intended
     d = args.dir
     if not args.rules.is_dir():
         print(f"hub: error: --rules {args.rules}: no such directory (run from the repository, or give --rules)",
@@ -220,17 +223,19 @@ def run(args) -> int:
     operator.controller.start()
     log = d / "hub.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    # before `hub serve`: the hub starts with the account and the list loaded
+    for cmd, stdin in ((["accounts", "add", ACCOUNT, "--password-stdin", "--allow-from", "ch-quickstart.test"],
+                        password + "\n"), (["trust", "import", str(d / "liste-blanche.xml"), "--force"], None)):
+        done = subprocess.run(hub + cmd, input=stdin, text=True, capture_output=True, env=env)
+        if done.returncode != 0:
+            operator.controller.stop()
+            raise SystemExit(f"quickstart: hub {' '.join(cmd[:2])} failed: {done.stderr.strip()}")
     with log.open("ab") as out:
         proc = subprocess.Popen(hub + ["serve"], stdout=out, stderr=subprocess.STDOUT, env=env)
     stop = threading.Event()
     try:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         _wait_healthy(f"http://127.0.0.1:{args.http_port}/healthz", proc, log)
-        for cmd, stdin in ((["accounts", "add", ACCOUNT, "--password-stdin", "--allow-from", "ch-quickstart.test"],
-                            password + "\n"), (["trust", "import", str(d / "liste-blanche.xml"), "--force"], None)):
-            done = subprocess.run(hub + cmd, input=stdin, text=True, capture_output=True, env=env)
-            if done.returncode != 0:
-                raise SystemExit(f"quickstart: hub {' '.join(cmd[:2])} failed: {done.stderr.strip()}")
         rel = os.path.relpath
         print(f"""quickstart: a local hub runs (SMTP 127.0.0.1:{args.smtp_port} with STARTTLS, HTTP 127.0.0.1:{args.http_port},
 its log in {rel(log)}), with a stand-in MSSanté operator for {DOMAIN} on 127.0.0.1:{args.operator_port}.
