@@ -138,6 +138,9 @@ class Hub:
 
         s = self.settings
         self.registry = build_registry(s.transform, s.hub.nil)
+        for chain in self.registry.names():          # every series exists from the start (dashboards, alerts)
+            for decision in ("hold", "original", "notify"):
+                obs.TRANSFORM_FAILED.labels(chain, decision)
         self.rules = RulesService(s.rules, self.registry.names(), version_gauge=obs.RULES_VERSION,
                                   error_gauge=obs.RULES_FAILED)
         async with self.pool.acquire() as conn:

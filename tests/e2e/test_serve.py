@@ -306,6 +306,14 @@ def test_health_and_metrics(served):
     served.metric_names = names
 
 
+def test_dashboard_queries_use_live_metric_names(served):
+    from tests.unit.test_deploy import dashboard_metric_names
+
+    names = dashboard_metric_names()
+    assert len(names) >= 15
+    assert not names - served.metric_names, names - served.metric_names
+
+
 def test_closed_pipe_is_quiet(served):
     for i in range(3):
         served.send([f"p{i}@down.mssante.fr"], f"pipe {i}")
@@ -335,7 +343,8 @@ def test_backup_then_restore_embedded_and_external(served, tmp_path, pki, pg_clu
     assert verify.returncode == 0 and "OK: no altered" in verify.stdout, verify.stdout
     listed = json.loads(run_hub(fresh, "queue", "list", "--json").stdout)["messages"]
     assert sorted(m["id"] for m in listed) == expected_ids
-    assert not Embedded(tmp_path / "fresh").is_running()                     # the command stopped what it started
+    _wait(lambda: not Embedded(tmp_path / "fresh").is_running(), timeout=30,
+          what="the embedded server stopped by the command that started it")
     assert run_hub(fresh, "db", "restore", str(dump)).returncode == 2        # the database holds a hub now
     # external: a new database on a PostgreSQL server
     name = f"restore_{os.getpid()}"
