@@ -25,7 +25,7 @@ import time
 
 import structlog
 
-from hub import db, health, observability as obs
+from hub import db, health, observability as obs, preflight
 from hub.memory import tune_allocator
 from hub.settings import Settings, split_hostport
 
@@ -39,34 +39,17 @@ def _detector(body: bytes) -> tuple[str | None, str | None]:
     return info.kind, info.doc_code
 
 
-def _listen_socket(listen: str, reuse_port: bool) -> socket.socket:
-    host, port = split_hostport(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without it
-    # pipelined replies wait for the client's delayed ACK (40 ms per message)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 class Hub:
     """One hub process: intake, processing, delivery, and (optionally) HTTP."""
 
     def __init__(self, settings: Settings, runtime_url: str, *, index: int = 0, http: bool = True,
-                 reuse_port: bool = False, smtp_socket: socket.socket | None = None,
-                 http_socket: socket.socket | None = None):
+                 smtp_socket: socket.socket | None = None, http_socket: socket.socket | None = None):
         self.settings = settings
         self.smtp_socket = smtp_socket          # bound by the supervisor (hub serve); else bound here
         self.http_socket = http_socket
         self.runtime_url = runtime_url
         self.index = index
         self.http_enabled = http
-        self.reuse_port = reuse_port
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self.watchers: list[asyncio.Task] = []
@@ -107,7 +90,7 @@ class Hub:
                            enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
                            command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
 
-        sock = self.smtp_socket or _listen_socket(s.smtp.listen, self.reuse_port)
+        sock = self.smtp_socket or preflight.listen_socket("smtp.listen", s.smtp.listen)
         self.smtp_server = await loop.create_server(factory, sock=sock)
         self.smtp_port = sock.getsockname()[1]
         self.delivery = DeliveryWorker(s, self.work_pool, self.trust, listen_url=self.runtime_url)
@@ -203,7 +186,7 @@ class Hub:
             site = web.SockSite(self.http_runner, self.http_socket)
         else:
             host, port = split_hostport(self.settings.http.listen)
-            site = web.TCPSite(self.http_runner, host, port, reuse_port=self.reuse_port)
+            site = web.TCPSite(self.http_runner, host, port)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]
 
@@ -312,7 +295,6 @@ def _startup_failed(exc: Exception, code: int) -> int:
 
 
 def serve(settings: Settings) -> int:
-    from hub import preflight
     from hub.errors import ConfigError, DatabaseUnavailable
     from hub.supervisor import PostgresWatch, Supervisor
 

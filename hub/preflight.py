@@ -230,6 +230,11 @@ def _bind(setting: str, listen: str, *, reuse_port: bool, port: int | None = Non
     return sock
 
 
+def listen_socket(setting: str, listen: str) -> socket.socket:
+    """One listening socket (a hub started in-process, without the supervisor); ConfigError if it cannot be bound."""
+    return _bind(setting, listen, reuse_port=False)
+
+
 def bind_listeners(s: Settings, processes: int) -> Listeners:
     """Bind the SMTP and HTTP listening sockets once, in the supervisor, before any worker starts.
 

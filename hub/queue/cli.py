@@ -12,18 +12,11 @@ The actions are in hub.queue.ops (shared with /api/queue); the actor recorded is
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 
+from hub.audit.cli import _actor
 from hub.queue import ops
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def register(sub) -> None:

@@ -48,6 +48,21 @@ def as_user(user: str):
             parent.chmod(mode)
 
 
+@contextlib.contextmanager
+def shared_tmp(prefix: str):
+    """A directory for data that the embedded PostgreSQL's user (`hubpg`, when root) must reach: outside pytest's
+    base directory, whose mode pytest resets to 0700 at the start of any other session on the machine."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_") and k not in
            ("PROMETHEUS_MULTIPROC_DIR", "NOTIFY_SOCKET", "WATCHDOG_USEC")}

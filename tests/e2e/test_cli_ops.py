@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hub.db import Embedded
-from tests.e2e.serve_support import PASSWORD, ROOT, as_user, clean_env, run_hub, write_config
+from tests.e2e.serve_support import PASSWORD, ROOT, as_user, clean_env, run_hub, shared_tmp, write_config
 from tests.support import free_port
 
 OWNER = "hubowner"
@@ -79,7 +79,12 @@ def test_root_commands_become_the_data_directory_owner(owned_data_dir):
     assert _owners(data) == {OWNER}
 
 
-def test_one_off_command_stops_the_server_it_started(tmp_path, pki):
+def test_one_off_command_stops_the_server_it_started(pki):
+    with shared_tmp("hub-oneoff-") as tmp_path:
+        _one_off(tmp_path, pki)
+
+
+def _one_off(tmp_path, pki):
     config = write_config(tmp_path / "hub.toml", pki, data_dir=tmp_path / "var", smtp_port=free_port(),
                           http_port=free_port(), transport={})
     done = run_hub(config, "accounts", "list")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.e2e.serve_support import ROOT, clean_env
+from tests.e2e.serve_support import ROOT, clean_env, shared_tmp
 from tests.support import free_port
 
 
@@ -40,10 +40,16 @@ class Output:
         raise AssertionError(f"{pattern!r} not printed within the bound; got:\n{self.text}")
 
 
-def test_quickstart_delivers_a_message(tmp_path):
+@pytest.fixture
+def qs_dir():
+    with shared_tmp("hub-quickstart-") as d:
+        yield d / "qs"
+
+
+def test_quickstart_delivers_a_message(qs_dir):
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
-    d = tmp_path / "qs"
+    d = qs_dir
     ports = [str(free_port()) for _ in range(3)]
     proc = subprocess.Popen([sys.executable, "-m", "hub", "quickstart", "--dir", str(d), "--smtp-port", ports[0],
                              "--http-port", ports[1], "--operator-port", ports[2]], cwd=ROOT, env=clean_env(),
