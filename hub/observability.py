@@ -2,7 +2,8 @@
 
 Label values are bounded: reply codes, outcomes, sender account names, destination domains; never a full address
 or a patient identifier. With several `hub serve` processes, metrics are aggregated through
-prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by hub.app before the workers start).
+prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by hub.app before the workers start); the
+sampled gauges count live processes only (a restarted worker's stale values are dropped, `process_dead`).
 """
 
 from __future__ import annotations
@@ -26,31 +27,31 @@ NOTIFICATIONS = Counter("hub_notifications_total", "Delivery status notification
 DEAD = Counter("hub_messages_dead_total", "Messages moved to the dead state", ["stage"])
 QUEUE_DEPTH = Gauge("hub_queue_recipients", "Recipients waiting (pending, queued, deferred, held) or dead, by state"
                     " (sampled every few seconds; deferred: queued after a failed attempt)", ["state"],
-                    multiprocess_mode="max")
-RULES_VERSION = Gauge("hub_rules_version", "Active routing rule-set version", multiprocess_mode="max")
+                    multiprocess_mode="livemax")
+RULES_VERSION = Gauge("hub_rules_version", "Active routing rule-set version", multiprocess_mode="livemax")
 RULES_FAILED = Gauge("hub_rules_reload_failed", "1 while the rule files on disk are invalid (last good set kept)",
-                     multiprocess_mode="max")
+                     multiprocess_mode="livemax")
 PROCESSED = Counter("hub_messages_processed_total", "Messages through the processing stage", ["outcome"])
 TRANSFORM_FAILED = Counter("hub_transform_failures_total", "Transformations that could not produce a valid document,"
                            " by chain and what was done (on_invalid)", ["chain", "decision"])
 DELIVERY_DOMAINS = Counter("hub_delivery_domain_outcomes_total", "Delivery outcomes per destination domain (at most"
                            " 200 domains per process, the rest as \"other\")", ["domain", "outcome"])
 QUEUE_OLDEST = Gauge("hub_queue_oldest_seconds", "Age of the oldest message having recipients in this state",
-                     ["state"], multiprocess_mode="max")
+                     ["state"], multiprocess_mode="livemax")
 CERT_EXPIRY = Gauge("hub_certificate_expiry_timestamp_seconds", "When a configured certificate expires (Unix time;"
                     " the earliest of a CA file)", ["setting"], multiprocess_mode="max")
 TRUST_LIST_IMPORTED = Gauge("hub_trust_list_imported_timestamp_seconds", "When the current authorised-domains list"
-                            " was imported (Unix time; 0: none)", multiprocess_mode="max")
+                            " was imported (Unix time; 0: none)", multiprocess_mode="livemax")
 TRUST_LIST_GENERATED = Gauge("hub_trust_list_generated_timestamp_seconds", "Generation date of the current"
-                             " authorised-domains list (Unix time; 0: none)", multiprocess_mode="max")
+                             " authorised-domains list (Unix time; 0: none)", multiprocess_mode="livemax")
 DIRECTORY_IMPORTED = Gauge("hub_directory_imported_timestamp_seconds", "When the directory was last imported"
-                           " (Unix time; 0: never), by source", ["source"], multiprocess_mode="max")
+                           " (Unix time; 0: never), by source", ["source"], multiprocess_mode="livemax")
 AUDIT_UNSEALED = Gauge("hub_audit_unsealed_events", "Audit events not yet hash-chained by the sealer",
-                       multiprocess_mode="max")
+                       multiprocess_mode="livemax")
 AUDIT_SEAL_LAG = Gauge("hub_audit_seal_lag_seconds", "Age of the oldest audit event not yet sealed (0: none)",
-                       multiprocess_mode="max")
+                       multiprocess_mode="livemax")
 DATABASE_UP = Gauge("hub_database_up", "1 when the last probe of PostgreSQL (every few seconds) answered",
-                    multiprocess_mode="min")
+                    multiprocess_mode="livemin")
 DATABASE_RESTARTS = Counter("hub_database_restarts_total", "Restarts of the embedded PostgreSQL by the supervisor",
                             ["result"])
 PROCESS_RESTARTS = Counter("hub_process_restarts_total", "Hub worker processes restarted by the supervisor")
@@ -104,6 +105,16 @@ def initialise() -> None:
     for result in ("ok", "failed"):
         DATABASE_RESTARTS.labels(result)
     PROCESS_RESTARTS.inc(0)
+
+
+def process_dead(pid: int) -> None:
+    """Forget a dead worker's live gauges (its counters stay counted): called by the supervisor when it reaps one."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 def set_certificates(infos) -> None:

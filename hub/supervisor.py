@@ -276,6 +276,7 @@ class Supervisor:
             w = next((x for x in self.workers if x.pid == pid), None)
             if w is None:
                 continue                   # an orphan (we may be PID 1)
+            obs.process_dead(pid)
             with contextlib.suppress(OSError):
                 self._read(w, now)
                 os.close(w.fd)
