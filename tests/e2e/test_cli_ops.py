@@ -90,12 +90,6 @@ def _one_off(tmp_path, pki):
     done = run_hub(config, "accounts", "list")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "var" / "pg" / "PG_VERSION").exists() and not Embedded(tmp_path / "var").is_running()
-    # --config after the subcommand, as the README writes it
-    env = clean_env()
-    proc = subprocess.run([sys.executable, "-m", "hub", "accounts", "list", "--config", str(config)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert not Embedded(tmp_path / "var").is_running()
 
 
 def test_every_command_has_an_example_and_described_arguments():

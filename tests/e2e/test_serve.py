@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,8 +139,9 @@ def test_a_second_hub_cannot_join_the_port_nor_the_data_directory(served, tmp_pa
 
 def test_one_off_commands_use_the_running_postgres(served):
     before = served.postmaster_pid()
-    done = served.hub("trust", "status")
-    assert done.returncode == 0 and "v1" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "hub", "trust", "status", "--config", str(served.config)],
+                          cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)   # --config after
+    assert done.returncode == 0 and "v1" in done.stdout, done.stderr
     assert served.postmaster_pid() == before and Embedded(served.data).is_running()
     assert json.loads(http_get(served.url + "/healthz")[1])["database"] == "ok"
 
