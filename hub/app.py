@@ -1,11 +1,15 @@
 """The composition root: builds the pool and the services, starts and stops them in order, and `hub serve`.
 
-`hub serve` starts the embedded PostgreSQL when no database URL is set, applies migrations, then runs
-`hub.processes` worker processes (default: one per core). Each process listens on the same SMTP port
-(SO_REUSEPORT: the kernel spreads connections), shares the queue through PostgreSQL (SKIP LOCKED), and runs
-intake, processing and delivery; process 0 also serves HTTP. The parent supervises (restarts a process that
-dies), forwards SIGTERM/SIGINT (graceful: stop accepting, finish transactions in flight, 421 to idle sessions)
-and SIGHUP (rules reload).
+`hub serve` checks the configuration (hub.preflight: every file, then the data-directory lock and the listening
+addresses, bound once here), starts the embedded PostgreSQL when no database URL is set, applies migrations, then
+runs `hub.processes` worker processes (default: one per core) under the supervisor (hub.supervisor). Each worker
+accepts on its own socket of one SO_REUSEPORT group bound by the supervisor (the kernel spreads connections; no
+other process can join the group), shares the queue through PostgreSQL (SKIP LOCKED), and runs intake, processing
+and delivery; worker 0 also serves HTTP. The supervisor restarts a worker that dies (with backoff, giving up after
+repeated fast failures), forwards SIGTERM/SIGINT (graceful: stop accepting, finish transactions in flight, 421 to
+idle sessions) and SIGHUP (rules reload), and restarts the embedded PostgreSQL if its postmaster dies.
+A start-up problem is one line naming the setting and the file or address, and exit 2 (configuration) or 1
+(database unreachable).
 """
 
 from __future__ import annotations
@@ -21,9 +25,8 @@ import time
 
 import structlog
 
-from hub import db, observability as obs
+from hub import db, health, observability as obs, preflight
 from hub.memory import tune_allocator
-from hub.queue import store as queue_store
 from hub.settings import Settings, split_hostport
 
 log = structlog.get_logger("hub.app")
@@ -36,31 +39,17 @@ def _detector(body: bytes) -> tuple[str | None, str | None]:
     return info.kind, info.doc_code
 
 
-def _listen_socket(listen: str, reuse_port: bool) -> socket.socket:
-    host, port = split_hostport(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without it
-    # pipelined replies wait for the client's delayed ACK (40 ms per message)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 class Hub:
     """One hub process: intake, processing, delivery, and (optionally) HTTP."""
 
     def __init__(self, settings: Settings, runtime_url: str, *, index: int = 0, http: bool = True,
-                 reuse_port: bool = False):
+                 smtp_socket: socket.socket | None = None, http_socket: socket.socket | None = None):
         self.settings = settings
+        self.smtp_socket = smtp_socket          # bound by the supervisor (hub serve); else bound here
+        self.http_socket = http_socket
         self.runtime_url = runtime_url
         self.index = index
         self.http_enabled = http
-        self.reuse_port = reuse_port
         self.stop_event = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self.watchers: list[asyncio.Task] = []
@@ -69,6 +58,7 @@ class Hub:
         self.rules = None
         self.smtp_port: int | None = None
         self.http_port: int | None = None
+        self.sample: health.Sample | None = None     # the last queue / freshness sample (worker 0)
 
     async def start(self) -> "Hub":
         from hub.delivery.worker import DeliveryWorker
@@ -80,6 +70,7 @@ class Hub:
         from hub.revocation import RevocationChecker
 
         s = self.settings
+        obs.initialise()
         self.pool = await db.create_pool(self.runtime_url, s)
         self.work_pool = await db.create_pool(self.runtime_url, s, durable=False)
         self.trust = TrustSpace(s.hub.domains, s.delivery.local_domains)
@@ -103,7 +94,7 @@ class Hub:
                            enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
                            command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
 
-        sock = _listen_socket(s.smtp.listen, self.reuse_port)
+        sock = self.smtp_socket or preflight.listen_socket("smtp.listen", s.smtp.listen)
         self.smtp_server = await loop.create_server(factory, sock=sock)
         self.smtp_port = sock.getsockname()[1]
         self.delivery = DeliveryWorker(s, self.work_pool, self.trust, listen_url=self.runtime_url,
@@ -135,6 +126,9 @@ class Hub:
 
         s = self.settings
         self.registry = build_registry(s.transform, s.hub.nil)
+        for chain in self.registry.names():          # every series exists from the start (dashboards, alerts)
+            for decision in ("hold", "original", "notify"):
+                obs.TRANSFORM_FAILED.labels(chain, decision)
         self.rules = RulesService(s.rules, self.registry.names(), version_gauge=obs.RULES_VERSION,
                                   error_gauge=obs.RULES_FAILED)
         async with self.pool.acquire() as conn:
@@ -172,10 +166,11 @@ class Hub:
                 await self.accounts.maybe_refresh(self.pool)
                 if self.index == 0:            # one sample for the whole hub
                     async with self.pool.acquire() as conn:
-                        counts = await queue_store.depth(conn)
-                    for state in ("pending", "queued", "held"):
-                        obs.QUEUE_DEPTH.labels(state).set(counts.get(state, 0))
+                        self.sample = await health.sample(conn)
+                    health.export(self.sample)
+                obs.DATABASE_UP.set(1)
             except Exception as exc:          # keep the last view; intake answers 451 if the DB is really gone
+                obs.DATABASE_UP.set(0)
                 log.warning("view_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def reload_rules(self, actor: str) -> None:
@@ -192,8 +187,11 @@ class Hub:
         app = build(self, self._http_setups())
         self.http_runner = web.AppRunner(app, access_log=None)
         await self.http_runner.setup()
-        host, port = split_hostport(self.settings.http.listen)
-        site = web.TCPSite(self.http_runner, host, port, reuse_port=self.reuse_port)
+        if self.http_socket is not None:
+            site = web.SockSite(self.http_runner, self.http_socket)
+        else:
+            host, port = split_hostport(self.settings.http.listen)
+            site = web.TCPSite(self.http_runner, host, port)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]
 
@@ -239,16 +237,37 @@ class Hub:
         log.info("hub_stopped", process=self.index)
 
 
-async def run_process(settings: Settings, runtime_url: str, index: int, reuse_port: bool) -> None:
-    hub = Hub(settings, runtime_url, index=index, http=(index == 0), reuse_port=reuse_port)
+async def run_process(settings: Settings, runtime_url: str, index: int, *, smtp_socket=None, http_socket=None,
+                      ready_fd: int | None = None) -> None:
+    """One worker: start, tell the supervisor (READY on `ready_fd`, then a heartbeat every few seconds), serve
+    until SIGTERM/SIGINT; SIGHUP reloads the rules."""
+    hub = Hub(settings, runtime_url, index=index, http=(index == 0), smtp_socket=smtp_socket,
+              http_socket=http_socket)
     await hub.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(hub.reload_rules("SIGHUP")))
+    beat = None
+    if ready_fd is not None:
+        beat = asyncio.create_task(_heartbeat(ready_fd, stop))
     await stop.wait()
     await hub.stop()
+    if beat is not None:
+        await beat
+
+
+async def _heartbeat(fd: int, stop: asyncio.Event) -> None:
+    from hub.supervisor import BEAT, BEAT_INTERVAL, READY
+
+    message = READY
+    while not stop.is_set():
+        with contextlib.suppress(OSError):
+            os.write(fd, message)
+        message = BEAT
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), BEAT_INTERVAL)
 
 
 def _run(coro) -> None:
@@ -271,69 +290,70 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
 
 
+def _startup_failed(exc: Exception, code: int) -> int:
+    """One line: JSON on a service's output, plain text on a terminal."""
+    if sys.stderr.isatty():
+        print(f"hub: error: {exc}", file=sys.stderr)
+    else:
+        log.error("startup_failed", error=str(exc))
+    return code
+
+
 def serve(settings: Settings) -> int:
+    from hub.errors import ConfigError, DatabaseUnavailable
+    from hub.supervisor import PostgresWatch, Supervisor
+
     obs.configure_logging(json=not sys.stderr.isatty())
-    urls = db.urls(settings)
-    asyncio.run(db.migrate(urls.admin))
+    n = settings.hub.processes or os.cpu_count() or 1
+    embedded = None
     try:
-        return _supervise(settings, urls)
+        try:
+            certificates = preflight.check(settings)
+            lock_fd = preflight.lock_data_dir(settings.data_dir)      # noqa: F841 (held until exit)
+            listeners = preflight.bind_listeners(settings, n)
+            urls = db.urls(settings)
+            if not settings.database.url:
+                embedded = db.Embedded(settings.data_dir)
+            try:
+                asyncio.run(db.migrate(urls.admin))
+            except DatabaseUnavailable as exc:
+                where = "embedded PostgreSQL" if embedded else (
+                    "HUB_DATABASE_ADMIN_URL" if os.environ.get("HUB_DATABASE_ADMIN_URL") else "database.url")
+                raise DatabaseUnavailable(f"setting {where}: {db.describe(urls.admin)}: {exc}") from None
+        except ConfigError as exc:
+            return _startup_failed(exc, 2)
+        except DatabaseUnavailable as exc:
+            return _startup_failed(exc, 1)
+        obs.set_certificates(certificates)
+        for info in certificates:
+            log.info("certificate_loaded", setting=info.setting, subject=info.subject,
+                     not_after=info.not_after.isoformat())
+
+        def worker(index: int, ready_fd: int) -> int:
+            _die_with_parent()
+            for i, sock in enumerate(listeners.smtp):
+                if i != index:
+                    sock.close()
+            if index != 0:
+                listeners.http.close()
+            try:
+                _run(run_process(settings, urls.runtime, index, smtp_socket=listeners.smtp[index],
+                                 http_socket=listeners.http if index == 0 else None, ready_fd=ready_fd))
+            except ConfigError as exc:
+                log.error("startup_failed", process=index, error=str(exc))
+                return 2
+            return 0
+
+        watch = PostgresWatch(embedded, settings.data_dir / "postgresql.status.json") if embedded else None
+        log.info("hub_starting", processes=n, smtp=settings.smtp.listen, smtp_port=listeners.smtp_port,
+                 http=settings.http.listen, http_port=listeners.http_port, pid=os.getpid())
+        return Supervisor(n, worker, pg=watch).run()
     finally:
-        if not settings.database.url:       # the embedded server lives and dies with `hub serve`
-            db.Embedded(settings.data_dir).stop()
+        if embedded is not None:       # the embedded server lives and dies with `hub serve`
+            embedded.stop()
         metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
         if os.path.basename(metrics_dir).startswith("hub-metrics-"):
             shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _supervise(settings: Settings, urls: db.Urls) -> int:
-    n = settings.hub.processes or os.cpu_count() or 1
-    if n == 1:
-        _run(run_process(settings, urls.runtime, 0, reuse_port=False))
-        return 0
-    children: dict[int, int] = {}
-    stopping = False
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            _die_with_parent()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            code = 0
-            try:
-                _run(run_process(settings, urls.runtime, index, reuse_port=True))
-            except BaseException:
-                log.exception("process_failed", process=index)
-                code = 1
-            os._exit(code)
-        children[pid] = index
-
-    def forward(sig, _frame):
-        nonlocal stopping
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-    for i in range(n):
-        spawn(i)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    log.info("supervisor_started", processes=n, pid=os.getpid())
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        if index is not None and not stopping:
-            log.error("process_died", process=index, status=status)
-            time.sleep(1)
-            spawn(index)
-    return 0
 
 
 def register(sub) -> None:

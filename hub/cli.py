@@ -2,7 +2,10 @@
 
 Each feature package contributes its subcommands through `hub/<package>/cli.py: register(subparsers)`; a subcommand
 sets `run=<async function(args, ctx) -> int>`. Errors: HubError subclasses print `hub: error: ...` on stderr and exit
-2 for bad input or configuration, 1 for anything else; 0 on success.
+2 for bad input or configuration, 1 for anything else; 0 on success; 141 when the output pipe closed (`| head`).
+`--config FILE` is accepted before or after the subcommand. Run as root, a command first becomes the owner of the
+data directory (hub.privileges), so it never changes the owner or permissions of a running hub's files; a command
+that had to start the embedded PostgreSQL stops it before exiting (a running hub's server is used as it is).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import AsyncIterator
 
 import asyncpg
 
-from hub import db, settings as settings_mod
+from hub import clihelp, db, privileges, settings as settings_mod
 from hub.errors import ConfigError, HubError, InputError
 from hub.settings import Settings
 
@@ -35,6 +38,11 @@ class Context:
         if self._urls is None:
             self._urls = db.urls(self.settings)
         return self._urls
+
+    def close(self) -> None:
+        """Stop the embedded PostgreSQL if this command started it (a running hub's server is left alone)."""
+        if self._urls is not None and self._urls.started_embedded:
+            db.Embedded(self.settings.data_dir).stop()
 
     async def ensure_migrated(self) -> None:
         if not self._migrated:
@@ -71,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     from hub.revocation import cli as revocation_cli
     from hub.rules import cli as rules_cli
 
-    for package in (app, intake_cli, trust, queue_cli, directory_cli, rules_cli, audit_cli, revocation_cli):
+    from hub import backup, quickstart
+
+    for package in (app, quickstart, intake_cli, trust, queue_cli, directory_cli, rules_cli, audit_cli,
+                    revocation_cli):
         package.register(sub)
 
     dbp = sub.add_parser("db", help="database maintenance")
@@ -79,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub.required = True
     mig = dbsub.add_parser("migrate", help="apply pending migrations")
     mig.set_defaults(run=_cmd_migrate)
+    backup.register(dbsub)
+    clihelp.apply(parser)
     return parser
 
 
@@ -96,22 +109,38 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hub-metrics-")
     parser = build_parser()
     args = parser.parse_args(argv)
-    # subcommands may need global --config after the subcommand name too
-    config = getattr(args, "config", None)
+    ctx = None
     try:
-        settings = settings_mod.load(config)
+        settings = settings_mod.load(getattr(args, "config", None))
+        privileges.drop_to_data_dir_owner(settings)
         ctx = Context(settings)
-        if getattr(args, "sync", False):
-            return args.run(args, ctx)
-        return asyncio.run(args.run(args, ctx))
+        code = args.run(args, ctx) if getattr(args, "sync", False) else asyncio.run(args.run(args, ctx))
+        sys.stdout.flush()          # here, so that a closed pipe is handled below and not at interpreter exit
+        return code
     except (ConfigError, InputError) as exc:
-        print(f"hub: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args, exc, 2)
     except HubError as exc:
-        print(f"hub: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(args, exc, 1)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `hub ... | head`: the reader left; end quietly (no traceback, nothing more flushed into the pipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    finally:
+        if ctx is not None:
+            ctx.close()
+
+
+def _error(args, exc: Exception, code: int) -> int:
+    if args.command == "serve":             # a service's output: the same JSON line as the other start-up checks
+        from hub import app, observability
+
+        observability.configure_logging(json=not sys.stderr.isatty())
+        return app._startup_failed(exc, code)
+    print(f"hub: error: {exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

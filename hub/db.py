@@ -128,8 +128,20 @@ class Embedded:
             return True
         return (self.socket_dir / ".s.PGSQL.5432").exists()
 
-    def start(self) -> None:
-        """Initialise if needed and start; idempotent. Blocking (call before the event loop or in a thread)."""
+    def start(self) -> bool:
+        """Initialise if needed and start; idempotent: True when this call started the server, False when it was
+        running already. Blocking (call before the event loop or in a thread)."""
+        try:
+            return self._start()
+        except subprocess.CalledProcessError as exc:
+            err = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            raise DatabaseUnavailable(f"embedded PostgreSQL under {self.pgdata}: {Path(exc.cmd[0]).name} failed: "
+                                      f"{' '.join(err.split())[:500]}") from None
+        except OSError as exc:
+            raise ConfigError(f"setting hub.data_dir: embedded PostgreSQL under {self.pgdata}: "
+                              f"{exc.strerror or exc}") from None
+
+    def _start(self) -> bool:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         run_as = self._run_as()
         self._prepare_permissions()
@@ -160,19 +172,44 @@ class Embedded:
                     "logging_collector = off\n"
                 )
         if self.is_running():
-            return
-        stale = self.pgdata / "postmaster.pid"
-        if stale.exists():
-            stale.unlink()
-        log = self.pgdata / "server.log"
-        proc = subprocess.run(
-            [str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-w", "-t", "120",
-             "-o", f"-k {self.socket_dir}", "start"],
-            capture_output=True, text=True, **run_as)
+            return False
+        self._remove_stale_pidfile()
+        proc = subprocess.run(self._start_command(120), capture_output=True, text=True, **run_as)
         if proc.returncode != 0:
-            tail = log.read_text()[-2000:] if log.exists() else proc.stderr
-            raise DatabaseUnavailable(f"embedded PostgreSQL did not start: {tail}")
+            raise DatabaseUnavailable(f"embedded PostgreSQL under {self.pgdata} did not start: "
+                                      f"{self.last_log_line() or proc.stderr.strip()}")
         self._ensure_database()
+        return True
+
+    def _remove_stale_pidfile(self) -> None:
+        stale = self.pgdata / "postmaster.pid"
+        if stale.exists() and not self.is_running():
+            stale.unlink()
+
+    def _start_command(self, wait: int) -> list[str]:
+        return [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.pgdata / "server.log"), "-w",
+                "-t", str(wait), "-o", f"-k {self.socket_dir}", "start"]
+
+    def launch(self) -> subprocess.Popen:
+        """Start the server again without waiting (the supervisor polls the returned pg_ctl, see
+        hub.supervisor.PostgresWatch)."""
+        self._remove_stale_pidfile()
+        return subprocess.Popen(self._start_command(60), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, **self._run_as())
+
+    def last_log_line(self) -> str | None:
+        """The last error-like line of the server log (FATAL, PANIC, ERROR), for one-line reports."""
+        log = self.pgdata / "server.log"
+        try:
+            with log.open("rb") as fh:
+                fh.seek(max(0, log.stat().st_size - 8192))
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            if any(tag in line for tag in ("FATAL:", "PANIC:", "ERROR:")):
+                return line.strip()[:500]
+        return lines[-1].strip()[:500] if lines else None
 
     def _ensure_database(self) -> None:
         psql = _bin_dir() / "psql"
@@ -195,6 +232,7 @@ class Embedded:
 class Urls:
     admin: str      # migrations, maintenance
     runtime: str    # the hub's own connections
+    started_embedded: bool = False    # this call started the embedded server (the caller stops it)
 
 
 def urls(settings: Settings, *, start_embedded: bool = True) -> Urls:
@@ -203,9 +241,19 @@ def urls(settings: Settings, *, start_embedded: bool = True) -> Urls:
         return Urls(admin=os.environ.get("HUB_DATABASE_ADMIN_URL") or settings.database.url,
                     runtime=settings.database.url)
     emb = Embedded(settings.data_dir)
-    if start_embedded:
-        emb.start()
-    return Urls(admin=emb.url("postgres"), runtime=emb.url(RUNTIME_ROLE))
+    started = emb.start() if start_embedded else False
+    return Urls(admin=emb.url("postgres"), runtime=emb.url(RUNTIME_ROLE), started_embedded=started)
+
+
+def describe(url: str) -> str:
+    """A database URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 async def connect(url: str, settings: Settings | None = None, *, patience: float = 30.0) -> asyncpg.Connection:

@@ -270,6 +270,8 @@ def _validate(s: Settings) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"setting {key}: expected host:port, got {listen!r}")
+        if int(port) > 65535:
+            raise ConfigError(f"setting {key}: port {port} is out of range (0-65535) in {listen!r}")
     if bool(s.smtp.tls_cert) != bool(s.smtp.tls_key):
         raise ConfigError("settings smtp.tls_cert and smtp.tls_key go together")
     if bool(s.delivery.client_cert) != bool(s.delivery.client_key):
@@ -279,7 +281,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"setting delivery.tls_policy.{dest}: expected verify, encrypt or none, got {policy!r}")
     for domain, hop in s.delivery.transport.items():
         host, _, port = hop.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
             raise ConfigError(f"setting delivery.transport.{domain}: expected host:port, got {hop!r}")
     if s.directory.unresolved not in ("reject", "fallback"):
         raise ConfigError(f"setting directory.unresolved: expected reject or fallback, got {s.directory.unresolved!r}")

@@ -40,6 +40,8 @@ from hub.queue.schedule import Schedule
 
 log = structlog.get_logger("hub.delivery")
 ACQUIRE_TIMEOUT = 10.0
+# a deferral or a bounce is a warning for the operator, a dead recipient an error
+_LOG_LEVEL = {"delivered": "info", "temporary": "warning", "permanent": "warning", "dead": "error"}
 
 
 @dataclass
@@ -267,9 +269,9 @@ class DeliveryWorker:
             if kind == "temporary" and self.schedule.expired(r["received_at"], now):
                 kind, o = "permanent", Outcome("permanent", f"{o.reply} (gave up after "
                                                             f"{self.settings.queue.max_lifetime // 3600} h)")
-            obs.DELIVERIES.labels(kind).inc()
-            log.info(f"delivery_{kind}", message_id=r["message_id"], domain=r["domain"], next_hop=res.hop,
-                     reply=o.reply)
+            obs.delivery_outcome(r["domain"], kind)
+            getattr(log, _LOG_LEVEL[kind])(f"delivery_{kind}", message_id=r["message_id"], domain=r["domain"],
+                                           next_hop=res.hop, reply=o.reply)
             if kind == "delivered":
                 delivered.append(r["id"])
                 replies[r["id"]] = o.reply

@@ -10,7 +10,6 @@ Input trusted: nothing from the client. Settings read: smtp.*, hub.domains.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import ssl
 import time
@@ -105,9 +104,9 @@ class IntakeHandler:
             state, slot = "ok", 0
         if state != "ok":
             obs.AUTH.labels(state).inc()
-            log.info("auth_refused", peer=ip, reason=state, pid=os.getpid())
-            return AuthResult(success=False, handled=False,
-                              message=replies.AUTH_TOO_MANY if state == "blocked" else replies.AUTH_TEMP_FAILURE)
+            reply = replies.AUTH_TOO_MANY if state == "blocked" else replies.AUTH_TEMP_FAILURE
+            log.warning("auth_refused", peer=ip, account=name[:100], mechanism=mechanism, reason=state, reply=reply)
+            return AuthResult(success=False, handled=False, message=reply)
         ok = known
         if not known:
             try:
@@ -123,7 +122,7 @@ class IntakeHandler:
                     log.warning("auth_record_failed", peer=ip, error=type(exc).__name__)
         if not ok:
             obs.AUTH.labels("failed").inc()
-            log.info("auth_failed", peer=ip, mechanism=mechanism, pid=os.getpid())
+            log.warning("auth_failed", peer=ip, account=name[:100], mechanism=mechanism, reply=replies.AUTH_INVALID)
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         session.hub_account = account
         obs.AUTH.labels("ok").inc()
@@ -138,16 +137,16 @@ class IntakeHandler:
                 account = self.accounts.by_subject(subject)
         if account is not None:
             if not self.accounts.is_active(account.name):      # disabled since login
-                return None, replies.AUTH_REQUIRED
+                return account, replies.AUTH_REQUIRED
             if mail_from and not account.may_send_as(mail_from):
-                return None, replies.SENDER_NOT_ALLOWED
+                return account, replies.SENDER_NOT_ALLOWED
             return account, None
         ip = session.peer[0] if session.peer else ""
         account, allowed = self.accounts.by_network(ip, mail_from)
         if account is None:
             return None, replies.AUTH_REQUIRED
         if not allowed and mail_from:
-            return None, replies.SENDER_NOT_ALLOWED
+            return account, replies.SENDER_NOT_ALLOWED
         return account, None
 
     async def handle_MAIL(self, server, session, envelope, address, dsn):
@@ -163,8 +162,7 @@ class IntakeHandler:
             refusal = await self._certificate_refusal(server, session, account)
         if refusal:
             obs.SMTP_REPLIES.labels(refusal[:3]).inc()
-            log.info("sender_refused", peer=session.peer[0] if session.peer else None,
-                     account=account.name if account else None, reply=refusal[:9])
+            self.log_refusal("sender_refused", session, None, refusal, account=account, sender_domain=_domain(address))
             return refusal
         envelope.hub_account = account
         envelope.hub_recipients = []
@@ -194,6 +192,8 @@ class IntakeHandler:
         if self.closing:
             return replies.SHUTTING_DOWN
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            self.log_refusal("recipient_refused", session, envelope, replies.TOO_MANY_RCPTS,
+                             recipient_domain=_domain(address))
             return replies.TOO_MANY_RCPTS
         try:
             outcome = await self.router.at_rcpt(self.pool, envelope.hub_account, envelope.mail_from, address,
@@ -203,6 +203,7 @@ class IntakeHandler:
             return replies.TEMP_FAILURE
         if outcome.reply is not None:
             obs.SMTP_REPLIES.labels(outcome.reply[:3]).inc()
+            self.log_refusal("recipient_refused", session, envelope, outcome.reply, recipient_domain=_domain(address))
             return outcome.reply
         envelope.hub_recipients.append(outcome.recipient)
         envelope.rcpt_tos.append(address)
@@ -228,6 +229,7 @@ class IntakeHandler:
                                                         body, envelope.hub_ruleset)
             if routed.reply is not None:
                 obs.SMTP_REPLIES.labels(routed.reply[:3]).inc()
+                self.log_refusal("message_refused", session, envelope, routed.reply, message_id=message_id)
                 return routed.reply
             dsn = getattr(envelope, "hub_dsn", {}) or {}
             msg = NewMessage(id=message_id, account=account.name if account else None,
@@ -269,6 +271,14 @@ class IntakeHandler:
                  recipients=len(msg.recipients), state=msg.state)
         return replies.QUEUED.format(id=message_id)
 
+    def log_refusal(self, event: str, session, envelope, reply: str, *, account=None, **facts) -> None:
+        """Every refusal is logged with the account (or the login tried), the peer and the reply; never an address's
+        local part (recipients are named by domain)."""
+        if account is None:
+            account = getattr(envelope, "hub_account", None) or getattr(session, "hub_account", None)
+        log.warning(event, peer=session.peer[0] if session and session.peer else None,
+                    account=account.name if account is not None else None, reply=reply, **facts)
+
     def _received_header(self, server, session, envelope, message_id: str) -> bytes:
         peer = session.peer[0] if session.peer else "unknown"
         proto = "ESMTPS" if tls_version(server) else "ESMTP"
@@ -283,6 +293,10 @@ class IntakeHandler:
         if not _NIL.search(b"\r\n" + head):
             stamp += f"X-MSS-NIL: {self.settings.hub.nil}\r\n".encode("ascii", "replace")
         return stamp
+
+
+def _domain(address: str | None) -> str | None:
+    return address.rpartition("@")[2].lower()[:255] if address else None
 
 
 def server_tls_context(settings) -> ssl.SSLContext | None:

@@ -25,7 +25,7 @@ import socket
 from base64 import b64decode
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
 
 from hub.intake import replies
 
@@ -78,6 +78,13 @@ def parse_params(text: str) -> dict[str, str | bool] | None:
     return params
 
 
+class HubSession(Session):
+    """aiosmtpd's Session without the deprecated `login_data` property, whose every use (at each successful AUTH)
+    prints a plain-text warning on the service's output."""
+
+    login_data = None
+
+
 class HubSMTP(SMTP):
     read_chunk_limit = 256 * 1024
 
@@ -93,6 +100,15 @@ class HubSMTP(SMTP):
             if limit and len(sessions) > limit:
                 transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
                 transport.close()
+
+    def _create_session(self):
+        return HubSession(self.loop)
+
+    def _refused(self, event: str, reply: str, **facts) -> None:
+        """Refusals decided here (size) are logged by the handler like its own."""
+        hook = getattr(self.event_handler, "log_refusal", None)
+        if hook is not None:
+            hook(event, self.session, self.envelope, reply, **facts)
 
     def connection_lost(self, exc) -> None:
         sessions = getattr(self.event_handler, "sessions", None)
@@ -177,6 +193,7 @@ class HubSMTP(SMTP):
                 await self.push(replies.BAD_PARAM.format(name="SIZE"))
                 return
             if self.data_size_limit and int(size) > self.data_size_limit:
+                self._refused("message_refused", replies.TOO_BIG, size=int(size))
                 await self.push(replies.TOO_BIG)
                 return
         ret = params.pop("RET", None)
@@ -298,6 +315,7 @@ class HubSMTP(SMTP):
             reader._limit = saved_limit
         if too_big:
             self._set_post_data_state()
+            self._refused("message_refused", replies.TOO_BIG, size=size)
             await self.push(replies.TOO_BIG)
             return
         raw = b"".join(parts)

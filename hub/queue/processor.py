@@ -195,6 +195,7 @@ class Processor:
     async def _invalid(self, conn, msg, plan, rows, exc: TransformError, items) -> list[Event]:
         ids = [r["id"] for r in rows]
         choice = plan.get("on_invalid") or "hold"
+        obs.TRANSFORM_FAILED.labels(plan.get("transform", {}).get("chain") or "-", choice).inc()
         reason = storable(str(exc)[:500])                 # a parser's reason may quote the document
         base = dict(message_id=msg["id"], account=msg["account"], sender=msg["mail_from"])
         steps = [{"name": s.name, "version": s.version, "input_sha256": s.input_sha256,

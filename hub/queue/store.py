@@ -49,9 +49,3 @@ async def finish_messages(conn, message_ids: list[str]) -> list[str]:
         "  SELECT 1 FROM recipient r WHERE r.message_id = m.id AND r.state IN ('pending', 'queued', 'held'))"
         " RETURNING m.id", message_ids)
     return [r["id"] for r in rows]
-
-
-async def depth(conn) -> dict[str, int]:
-    rows = await conn.fetch("SELECT state, count(*) AS n FROM recipient WHERE state IN ('pending','queued','held')"
-                            " GROUP BY state")
-    return {r["state"]: r["n"] for r in rows}

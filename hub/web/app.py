@@ -1,8 +1,9 @@
 """The HTTP listener: /healthz, /metrics (Prometheus), and the admin and audit API mounted by feature packages.
 
-/healthz answers 200 with a JSON detail when the database answers and the rule set is valid, else 503 with the
-reason. Errors are JSON: {"error": "..."} with the HTTP status; a NUL (`%00`) anywhere in the path or the query is a
-400 before any handler runs, a value PostgreSQL refuses a 400, anything unexpected a 500 without internals.
+/healthz answers 200 with a JSON detail when the database answers a real query (2 s timeout, every request) and
+the rule set is valid, else 503 with the reason (hub.health). Errors are JSON: {"error": "..."} with the HTTP status;
+a NUL (`%00`) anywhere in the path or the query is a 400 before any handler runs, a value PostgreSQL refuses a 400,
+anything unexpected a 500 without internals.
 Settings read: http.listen.
 """
 
@@ -15,6 +16,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from hub import health
 from hub.db import UNAVAILABLE, UNSTORABLE
 
 log = structlog.get_logger("hub.http")
@@ -53,19 +55,26 @@ async def json_errors(request: web.Request, handler):
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 when PostgreSQL answers a real query within a short timeout and a rule set is active; else 503. The
+    detail also says how fresh the trust list and the directory are (warnings do not fail the check) and, for
+    the embedded PostgreSQL, what the supervisor knows (running / restarting)."""
     hub = request.app["hub"]
-    detail = {"process": os.getpid()}
+    detail: dict = {"process": os.getpid()}
     status = 200
-    try:
-        async with hub.pool.acquire(timeout=2) as conn:
-            detail["database"] = "ok"
-            detail["trust_list"] = hub.trust.list_id
-            detail["trust_domains"] = len(hub.trust)
-            detail["queue"] = await conn.fetchval(
-                "SELECT count(*) FROM recipient WHERE state = 'queued'")
-    except UNAVAILABLE as exc:
-        detail["database"] = f"unavailable: {type(exc).__name__}"
+    reason, queued = await health.probe(hub.pool)
+    if reason is None:
+        detail["database"] = "ok"
+        detail["queue"] = queued
+    else:
+        detail["database"] = f"unavailable: {reason}"
         status = 503
+    embedded = health.embedded_status(hub.settings)
+    if embedded is not None:
+        detail["embedded_postgresql"] = embedded
+        if embedded.get("state") != "running":
+            status = 503
+    detail["trust_list"] = hub.trust.list_id
+    detail["trust_domains"] = len(hub.trust)
     rules = getattr(hub, "rules", None)
     if rules is not None:
         detail["rules_version"] = getattr(getattr(rules, "current", None), "version", None)
@@ -75,6 +84,10 @@ async def healthz(request: web.Request) -> web.Response:
             status = 503 if status == 200 and detail["rules_version"] is None else status
         else:
             detail["rules"] = "ok"
+    sample = getattr(hub, "sample", None)
+    if sample is not None:
+        detail["queue_by_state"] = sample.queue
+        detail["warnings"] = sample.warnings()
     if hub.trust.list_id is None:
         detail["trust"] = "no authorised-domains list imported: only local destinations are deliverable"
     detail["status"] = "ok" if status == 200 else "failing"
