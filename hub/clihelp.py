@@ -50,6 +50,8 @@ EXAMPLES: dict[str, list[str]] = {
     "tokens add": ["hub tokens add grafana-ops --role operator", "hub tokens add dpo --role auditor"],
     "tokens list": ["hub tokens list"],
     "tokens revoke": ["hub tokens revoke grafana-ops"],
+    "revocation status": ["hub revocation status"],
+    "revocation refresh": ["hub revocation refresh"],
     "db migrate": ["hub db migrate"],
     "db backup": ["hub db backup /var/backups/hub/hub-$(date +%F).dump"],
     "db restore": ["hub db restore /var/backups/hub/hub-2025-12-01.dump"],

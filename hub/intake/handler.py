@@ -10,6 +10,7 @@ Input trusted: nothing from the client. Settings read: smtp.*, hub.domains.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import ssl
 import time
@@ -105,7 +106,8 @@ class IntakeHandler:
         if state != "ok":
             obs.AUTH.labels(state).inc()
             reply = replies.AUTH_TOO_MANY if state == "blocked" else replies.AUTH_TEMP_FAILURE
-            log.warning("auth_refused", peer=ip, account=name[:100], mechanism=mechanism, reason=state, reply=reply)
+            log.warning("auth_refused", peer=ip, account=name[:100], mechanism=mechanism, reason=state, reply=reply,
+                        pid=os.getpid())
             return AuthResult(success=False, handled=False, message=reply)
         ok = known
         if not known:
@@ -122,7 +124,8 @@ class IntakeHandler:
                     log.warning("auth_record_failed", peer=ip, error=type(exc).__name__)
         if not ok:
             obs.AUTH.labels("failed").inc()
-            log.warning("auth_failed", peer=ip, account=name[:100], mechanism=mechanism, reply=replies.AUTH_INVALID)
+            log.warning("auth_failed", peer=ip, account=name[:100], mechanism=mechanism, reply=replies.AUTH_INVALID,
+                        pid=os.getpid())
             return AuthResult(success=False, handled=False, message=replies.AUTH_INVALID)
         session.hub_account = account
         obs.AUTH.labels("ok").inc()
