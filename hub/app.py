@@ -104,6 +104,7 @@ class Hub:
         self.smtp_port = sock.getsockname()[1]
         self.delivery = DeliveryWorker(s, self.work_pool, self.trust, listen_url=self.runtime_url)
         self.handler.on_queued = self.delivery.wake
+        self.handler.delivery = self.delivery
         self.tasks.append(asyncio.create_task(self.delivery.run(self.stop_event), name="delivery"))
         for extra in self._extra_tasks():
             self.tasks.append(asyncio.create_task(extra, name=getattr(extra, "__name__", "task")))
