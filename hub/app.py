@@ -92,12 +92,14 @@ class Hub:
         tls = server_tls_context(s)
         loop = asyncio.get_running_loop()
 
+        make = HubSMTP.factory(self.handler, hostname=s.smtp.hostname, ident="hub ESMTP", tls_context=tls,
+                               require_starttls=False, auth_require_tls=True, data_size_limit=s.smtp.max_message_size,
+                               enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
+                               command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
+
         def factory():
             obs.SMTP_SESSIONS.inc()
-            return HubSMTP(self.handler, hostname=s.smtp.hostname, ident="hub ESMTP", tls_context=tls,
-                           require_starttls=False, auth_require_tls=True, data_size_limit=s.smtp.max_message_size,
-                           enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
-                           command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
+            return make()
 
         sock = _listen_socket(s.smtp.listen, self.reuse_port)
         self.smtp_server = await loop.create_server(factory, sock=sock)
