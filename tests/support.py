@@ -45,12 +45,15 @@ class PeerHandler:
         self.transactions = 0
         self.lock = threading.Lock()
         self.transports: set = set()
+        self.pipelining = False                    # offer PIPELINING (RFC 2920)
+        self.data_already_sent: list[bool] = []    # at each RCPT: was the client's DATA already in our buffer
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
-        return responses[:-1] + ["250-DSN", responses[-1]]
+        return responses[:-1] + ["250-DSN", *(["250-PIPELINING"] if self.pipelining else []), responses[-1]]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.data_already_sent.append(b"DATA\r\n" in bytes(server._reader._buffer))
         reply = self.rcpt_replies.get(address.lower())
         if reply:
             return reply

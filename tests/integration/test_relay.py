@@ -264,3 +264,23 @@ async def test_pipelined_commands_get_their_replies_in_order(start_hub, peer, co
     writer.close()
     await wait_for(lambda: peer.messages)
     assert b"\r\n.dot line\r\n" in peer.messages[0].content
+
+
+async def test_delivery_pipelines_with_a_peer_that_offers_it(start_hub, peer, conn, pki):
+    """RFC 2920 on the delivery side: MAIL, the RCPTs and DATA reach the peer in one write; a refused RCPT among
+    them bounces alone, and a DATA refusal after pipelined RCPTs defers the message."""
+    peer.handler_obj.pipelining = True
+    peer.handler_obj.rcpt_replies["gone@medecin.mssante.fr"] = "550 5.1.1 No such mailbox"
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    rcpts = ["a@medecin.mssante.fr", "gone@medecin.mssante.fr", "b@medecin.mssante.fr"]
+    mid = queued_id(await client(hub, pki).send(SENDER, rcpts, message()))
+    await wait_for(lambda: _state(conn, mid, "done"))
+    assert [sorted(m.rcpt_tos) for m in peer.messages] == [["a@medecin.mssante.fr", "b@medecin.mssante.fr"]]
+    assert peer.handler_obj.data_already_sent == [True, True, True]
+    assert await states(conn, mid) == {"a@medecin.mssante.fr": "delivered", "gone@medecin.mssante.fr": "bounced",
+                                       "b@medecin.mssante.fr": "delivered"}
+    peer.handler_obj.data_reply = "451 4.3.0 try later"
+    mid = queued_id(await client(hub, pki).send(SENDER, ["c@medecin.mssante.fr"], message()))
+    await wait_for(lambda: conn.fetchval("SELECT attempts > 0 FROM recipient WHERE message_id = $1", mid))
+    row = await conn.fetchrow("SELECT state, last_reply FROM recipient WHERE message_id = $1", mid)
+    assert row["state"] == "queued" and row["last_reply"].startswith("451 4.3.0")
