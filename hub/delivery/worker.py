@@ -43,22 +43,30 @@ log = structlog.get_logger("hub.delivery")
 ACQUIRE_TIMEOUT = 10.0
 
 
-# Delivered outcomes in one statement: the recipients ($1 ids, $2 replies), the batch's audit events ($4-$13, as
-# hub.audit.store.columns), and the messages among $3 whose recipients are now all final. The parts of one
-# statement all see the rows as they were before it, so the recipients it marks delivered are excluded from that
-# check by id (the other outcomes of the batch, written earlier in the same transaction, are seen). `id = ANY`
-# rather than a join with unnest(): PostgreSQL's generic plan for the join scans the whole table while it has
-# fewer than ~10,000 rows.
-_RECORD_DELIVERED = (
-    "WITH d AS (UPDATE recipient SET state = 'delivered', attempts = attempts + 1,"
-    " last_reply = ($2::text[])[array_position($1::bigint[], id)], lease_until = NULL, lease_owner = NULL,"
-    " updated_at = now() WHERE id = ANY($1::bigint[])),"
-    f" a AS ({INSERT_ROWS_FROM}$4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[],"
-    f" $10::text[], $11::int[], $12::text[], $13::text[]{INSERT_ROWS_TAIL})"
-    " UPDATE message m SET state = 'done', finished_at = now()"
-    " WHERE m.id = ANY($3::text[]) AND m.state = 'queued' AND NOT EXISTS ("
-    "  SELECT 1 FROM recipient r WHERE r.message_id = m.id AND r.state IN ('pending', 'queued', 'held')"
-    "  AND r.id <> ALL($1::bigint[]))")
+def _record_delivered_sql(one: bool) -> str:
+    """Delivered outcomes in one statement: the recipients ($1 ids, $2 replies), the batch's audit events ($4-$13,
+    as hub.audit.store.columns), and the messages among $3 whose recipients are now all final. The parts of one
+    statement all see the rows as they were before it, so the recipients it marks delivered are excluded from that
+    check by id (the other outcomes of the batch, written earlier in the same transaction, are seen).
+    one=True: the common batch of one recipient of one message, with plain values instead of arrays, so that
+    PostgreSQL keeps one generic plan of index look-ups; with arrays it re-plans at every execution (it
+    estimates ten elements), and below ~10,000 rows it may scan whole tables."""
+    ids, reply, mids = ("$1::bigint", "$2::text", "$3::text") if one else \
+        ("ANY($1::bigint[])", "($2::text[])[array_position($1::bigint[], id)]", "ANY($3::text[])")
+    excluded = "r.id <> $1::bigint" if one else "r.id <> ALL($1::bigint[])"
+    return (
+        f"WITH d AS (UPDATE recipient SET state = 'delivered', attempts = attempts + 1, last_reply = {reply},"
+        f" lease_until = NULL, lease_owner = NULL, updated_at = now() WHERE id = {ids}),"
+        f" a AS ({INSERT_ROWS_FROM}$4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[],"
+        f" $10::text[], $11::int[], $12::text[], $13::text[]{INSERT_ROWS_TAIL})"
+        " UPDATE message m SET state = 'done', finished_at = now()"
+        f" WHERE m.id = {mids} AND m.state = 'queued' AND NOT EXISTS ("
+        "  SELECT 1 FROM recipient r WHERE r.message_id = m.id AND r.state IN ('pending', 'queued', 'held')"
+        f"  AND {excluded})")
+
+
+_RECORD_DELIVERED = _record_delivered_sql(False)
+_RECORD_ONE_DELIVERED = _record_delivered_sql(True)
 
 
 @dataclass
@@ -373,8 +381,12 @@ class DeliveryWorker:
     async def _record_delivered(conn, delivered: list[int], replies: dict[int, str], messages: list[str],
                                 events: list[Event]) -> None:
         """The delivered recipients, every audit event of the batch, and the messages now done: one statement."""
-        await conn.execute(_RECORD_DELIVERED, delivered, [replies[i] for i in delivered], messages,
-                           *audit_columns(events))
+        if len(delivered) == 1 and len(messages) == 1:
+            await conn.execute(_RECORD_ONE_DELIVERED, delivered[0], replies[delivered[0]], messages[0],
+                               *audit_columns(events))
+        else:
+            await conn.execute(_RECORD_DELIVERED, delivered, [replies[i] for i in delivered], messages,
+                               *audit_columns(events))
 
     async def _record_others(self, conn, events, deferred, finals, retry, dead_messages, notices) -> None:
         """Outcomes other than delivered, and notifications (their events are appended to `events`)."""
