@@ -1,6 +1,7 @@
 """The relay core end to end: real smtplib client with STARTTLS and AUTH, the hub, real trust-space peers that
 require the hub's client certificate, real PostgreSQL."""
 
+import asyncio
 import email
 import smtplib
 
@@ -284,3 +285,38 @@ async def test_delivery_pipelines_with_a_peer_that_offers_it(start_hub, peer, co
     await wait_for(lambda: conn.fetchval("SELECT attempts > 0 FROM recipient WHERE message_id = $1", mid))
     row = await conn.fetchrow("SELECT state, last_reply FROM recipient WHERE message_id = $1", mid)
     assert row["state"] == "queued" and row["last_reply"].startswith("451 4.3.0")
+
+
+async def test_the_accepting_process_delivers_without_the_queue(start_hub, peer, conn, pki):
+    """A message accepted while the process has a free delivery slot is written with its recipient already leased
+    to that process and sent at once, from memory: without any wake-up or poll of the queue."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_}, delivery={"poll_interval": 600})
+    hub.handler.on_queued = None                 # nothing wakes the worker's queue loop any more
+    mid = queued_id(await client(hub, pki).send(SENDER, ["dr.martin@medecin.mssante.fr"], message()))
+    await wait_for(lambda: _state(conn, mid, "done"), timeout=10)
+    row = await conn.fetchrow("SELECT recoveries, attempts, lease_owner FROM recipient WHERE message_id = $1", mid)
+    assert (row["recoveries"], row["attempts"], row["lease_owner"]) == (0, 1, None)
+
+
+async def test_a_claim_leases_no_more_recipients_than_free_slots(start_hub, peer, conn, pki):
+    """With one delivery slot, recipients queued while it is busy are claimed one at a time: the others stay
+    unleased, free for any process or node, instead of leased and left waiting for the slot (their lease could
+    expire meanwhile and another worker send them too)."""
+    import threading
+
+    peer.handler_obj.gate = gate = threading.Semaphore(0)
+    hub = await start_hub({"medecin.mssante.fr": peer.port_}, delivery={"workers": 1})
+    try:
+        first = queued_id(await client(hub, pki).send(SENDER, ["a@medecin.mssante.fr"], message()))  # in the slot
+        others = [queued_id(await client(hub, pki).send(SENDER, [f"{n}@medecin.mssante.fr"], message()))
+                  for n in ("b", "c", "d")]
+        gate.release()                            # the first one goes through; the slot claims from the queue
+        await wait_for(lambda: _state(conn, first, "done"))
+        await asyncio.sleep(1.0)                  # several polls (delivery.poll_interval 0.2 s)
+        leased = await conn.fetchval("SELECT count(*) FROM recipient WHERE message_id = ANY($1)"
+                                     " AND lease_until IS NOT NULL", others)
+        assert leased == 1
+    finally:
+        gate.release(10)
+    await wait_for(lambda: conn.fetchval("SELECT bool_and(state = 'delivered') FROM recipient WHERE message_id"
+                                         " = ANY($1)", others), timeout=30)
