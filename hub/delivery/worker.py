@@ -308,7 +308,11 @@ class DeliveryWorker:
                 except UNAVAILABLE as exc:
                     log.warning("outcome_record_failed", error=str(exc), attempt=attempt)
                     await asyncio.sleep(1 + attempt)
-            # if it never succeeded, the leases expire and the recipients are tried again (at-least-once)
+                except Exception:     # a bug or a value the database refuses: this batch only, never the recorder
+                    log.exception("outcome_record_failed", recipients=len(batch))
+                    break
+            # if it never succeeded, the leases expire and the recipients are tried again (at-least-once; a
+            # recipient recovered too often goes to dead)
 
     async def record(self, results: list[Result]) -> None:
         now = datetime.now(timezone.utc)
