@@ -87,12 +87,15 @@ class HubSMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         """Send a reply. A 250 reply is held while the client's next command line is already buffered (it
         pipelined, RFC 2920) and goes out in one write with the following replies, as Postfix does: the replies to
-        MAIL, RCPT and DATA cost one write instead of three. Every other reply (354, 220 before TLS, errors)
+        MAIL, RCPT and DATA cost one write instead of three. The lines of a multi-line reply (EHLO) are held until
+        its last line: one write instead of one per line. Every other reply (354, 220 before TLS, errors)
         flushes, and nothing is held when the next read would wait for the client."""
         if isinstance(status, str):
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         held = self.__dict__.setdefault("_hub_replies", [])
         held.append(status + b"\r\n")
+        if status[3:4] == b"-":                      # a continuation line: its reply is not complete yet
+            return
         reader = self._reader
         if status[:3] == b"250" and reader is not None and b"\n" in reader._buffer:
             return

@@ -332,3 +332,23 @@ async def test_a_nul_in_the_peers_reply_is_recorded_without_it(start_hub, peer, 
         await wait_for(lambda: _state(conn, mid, "done"))
     assert await conn.fetchval("SELECT last_reply FROM recipient WHERE message_id = $1", mids[0]) == \
         "250 2.0.0 Ok queued"
+
+
+async def test_a_multi_line_reply_goes_out_in_one_write(start_hub, pki):
+    """The EHLO reply's lines are written together (one segment for the client to read, not one per line)."""
+    hub = await start_hub({})
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.smtp_port)
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 10))[:3] == b"220"
+        session = next(iter(hub.handler.sessions))
+        writes: list[bytes] = []
+        real = session._writer.write
+        session._writer.write = lambda data: (writes.append(bytes(data)), real(data))[1]
+        writer.write(b"EHLO lab.example\r\n")
+        lines = []
+        while not lines or lines[-1][3:4] != b" ":
+            lines.append(await asyncio.wait_for(reader.readline(), 10))
+        assert len(lines) > 3 and b"PIPELINING" in b"".join(lines)
+        assert writes == [b"".join(lines)]
+    finally:
+        writer.close()
