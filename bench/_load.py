@@ -1,6 +1,8 @@
 """The benchmark's load generator: N concurrent plain-SMTP sessions over raw asyncio streams, EHLO once per
 connection, then per message MAIL/RCPT/DATA in one pipelined write (when the server offers PIPELINING), the
 message and its terminating CRLF.CRLF in one write, and the 250 read. Connections stay open across messages.
+With fresh=True (the way many sending systems work) each message gets its own connection, without pipelining:
+connect, greeting, EHLO, MAIL, RCPT, DATA (each waiting for its reply), the message, QUIT.
 
 Accept latency = from the write of the message with its final ".\r\n" to the complete reply to it.
 Runs in its own process (multiprocessing); `run()` returns a plain dict for the parent.
@@ -52,7 +54,7 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _load(host: str, port: int, tag: str, count: int, concurrency: int, size: int, *,
-                txn_timeout: float, deadline: float) -> dict:
+                txn_timeout: float, deadline: float, fresh: bool = False) -> dict:
     body = payload(size)
     next_i = 0
     accepted: list[int] = []
@@ -91,9 +93,11 @@ async def _load(host: str, port: int, tag: str, count: int, concurrency: int, si
                 if code != 250:
                     note(errors, f"ehlo {code}")
                     return
-            pipelining = b"PIPELINING" in text.upper()
+            pipelining = b"PIPELINING" in text.upper() and not fresh
             sessions_open += 1
             while time.monotonic() < deadline:
+                if fresh and i is not None:              # one message per connection: the next one reconnects
+                    break
                 i = take()
                 if i is None:
                     break
@@ -134,7 +138,7 @@ async def _load(host: str, port: int, tag: str, count: int, concurrency: int, si
                     note(refused, f"data {code}")
                     if code == 421:
                         return
-                i = None
+                i = None if not fresh else i
             with _suppress():
                 async with asyncio.timeout(5):
                     writer.write(b"QUIT\r\n")
@@ -147,8 +151,12 @@ async def _load(host: str, port: int, tag: str, count: int, concurrency: int, si
             if writer is not None:
                 writer.close()
 
+    async def fresh_sessions(sid: int) -> None:
+        while next_i < count and time.monotonic() < deadline and sum(errors.values()) < 100:
+            await session(sid)
+
     started = time.monotonic()
-    await asyncio.gather(*(session(s) for s in range(concurrency)))
+    await asyncio.gather(*((fresh_sessions if fresh else session)(s) for s in range(concurrency)))
     ended = time.monotonic()
     return {"accepted": accepted, "latencies": latencies, "refused": refused, "errors": errors,
             "first_send": first_send[0] if first_send else started, "started": started, "ended": ended,
@@ -171,12 +179,12 @@ class _suppress:
 
 
 def run(host: str, port: int, tag: str, count: int, concurrency: int, size: int, max_seconds: float,
-        result_conn) -> None:
+        result_conn, fresh: bool = False) -> None:
     """Process entry point: run the load, send the result dict through result_conn."""
     try:
         deadline = time.monotonic() + max_seconds
         result = asyncio.run(_load(host, port, tag, count, concurrency, size, txn_timeout=60.0,
-                                   deadline=deadline))
+                                   deadline=deadline, fresh=fresh))
     except BaseException as exc:   # report, never hang the parent
         result = {"fatal": f"{type(exc).__name__}: {exc}"}
     result_conn.send(result)

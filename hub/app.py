@@ -87,12 +87,14 @@ class Hub:
         tls = server_tls_context(s)
         loop = asyncio.get_running_loop()
 
+        make = HubSMTP.factory(self.handler, hostname=s.smtp.hostname, ident="hub ESMTP", tls_context=tls,
+                               require_starttls=False, auth_require_tls=True, data_size_limit=s.smtp.max_message_size,
+                               enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
+                               command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
+
         def factory():
             obs.SMTP_SESSIONS.inc()
-            return HubSMTP(self.handler, hostname=s.smtp.hostname, ident="hub ESMTP", tls_context=tls,
-                           require_starttls=False, auth_require_tls=True, data_size_limit=s.smtp.max_message_size,
-                           enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
-                           command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
+            return make()
 
         sock = self.smtp_socket or preflight.listen_socket("smtp.listen", s.smtp.listen)
         self.smtp_server = await loop.create_server(factory, sock=sock)
@@ -100,6 +102,7 @@ class Hub:
         self.delivery = DeliveryWorker(s, self.work_pool, self.trust, listen_url=self.runtime_url,
                                        revocation=self.revocation)
         self.handler.on_queued = self.delivery.wake
+        self.handler.delivery = self.delivery
         self.tasks.append(asyncio.create_task(self.delivery.run(self.stop_event), name="delivery"))
         for extra in self._extra_tasks():
             self.tasks.append(asyncio.create_task(extra, name=getattr(extra, "__name__", "task")))

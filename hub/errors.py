@@ -1,4 +1,4 @@
-"""The hub's exception tree. Foreign errors (asyncpg, ssl, aiosmtplib, lxml, zipfile) are mapped at the boundary
+"""The hub's exception tree. Foreign errors (asyncpg, ssl, SMTP replies, lxml, zipfile) are mapped at the boundary
 of the stage that meets them; nothing above a stage sees a foreign exception.
 
     HubError

@@ -45,12 +45,16 @@ class PeerHandler:
         self.transactions = 0
         self.lock = threading.Lock()
         self.transports: set = set()
+        self.pipelining = False                    # offer PIPELINING (RFC 2920)
+        self.data_already_sent: list[bool] = []    # at each RCPT: was the client's DATA already in our buffer
+        self.gate: threading.Semaphore | None = None   # when set: each DATA waits for one release() of it
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
-        return responses[:-1] + ["250-DSN", responses[-1]]
+        return responses[:-1] + ["250-DSN", *(["250-PIPELINING"] if self.pipelining else []), responses[-1]]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.data_already_sent.append(b"DATA\r\n" in bytes(server._reader._buffer))
         reply = self.rcpt_replies.get(address.lower())
         if reply:
             return reply
@@ -59,6 +63,8 @@ class PeerHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        while self.gate is not None and not self.gate.acquire(blocking=False):
+            await asyncio.sleep(0.02)
         if self.data_reply:
             return self.data_reply
         sslobj = server.transport.get_extra_info("ssl_object")

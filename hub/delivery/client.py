@@ -10,56 +10,119 @@ Settings read: delivery.connect_timeout, delivery.command_timeout, smtp.hostname
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
 
-import aiosmtplib
 from cryptography import x509
 
 from hub.db import storable
 from hub.delivery.nexthop import NextHop, client_tls_context
 from hub.errors import TemporaryError
 
-_NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError, EOFError)
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_MAX_REPLY_LINES = 100
+_READ_LIMIT = 64 * 1024
+
+
+class ReplyError(Exception):
+    """The peer's reply could not be read: connection closed, malformed or too long."""
+
+
+_NETWORK_ERRORS = (ReplyError, OSError, ssl.SSLError, asyncio.TimeoutError, asyncio.IncompleteReadError, EOFError)
 
 
 def wire_data(body: bytes) -> bytes:
     """The DATA payload of `body` (RFC 5321 4.5.2): CRLF line endings, a dot doubled at the start of a line, the
     final `.` CRLF. Bytes operations only: the bodies the hub stores are already CRLF throughout (intake normalises
-    them), so the common case is one `replace`; any other body gets aiosmtplib's own normalisation first."""
+    them), so the common case is one `replace`; any other body has its line endings normalised first."""
     crlf = body.count(b"\r\n")
     if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
-        body = aiosmtplib.protocol.normalize_message_line_endings(body)
-    elif not body.endswith(b"\r\n"):
+        body = _LINE_ENDS.sub(b"\r\n", body)
+    if not body.endswith(b"\r\n"):
         body += b"\r\n"
     stuffed = body.replace(b"\r\n.", b"\r\n..")
     return (b"." if stuffed[:1] == b"." else b"") + stuffed + b".\r\n"
 
 
-async def _data(smtp: aiosmtplib.SMTP, body: bytes) -> aiosmtplib.SMTPResponse:
-    """`smtp.data(body)`, with the payload prepared by `wire_data`: aiosmtplib's `data()` runs two regular
-    expressions over the whole message (0.95 ms per 100 KB measured, against 0.07 ms here; a third of the hub's
-    delivery CPU at 100 KB). Uses the protocol's command lock and reply flag as `execute_data_command` does; with
-    an aiosmtplib whose protocol lacks them, falls back to `smtp.data()`."""
-    proto = smtp.protocol
-    if proto is None or not hasattr(proto, "_response_pending") or getattr(proto, "_command_lock", None) is None:
-        return await smtp.data(body)
-    payload = wire_data(body)
-    start = await smtp.execute_command(b"DATA")
-    if start.code != 354:
-        raise aiosmtplib.SMTPDataError(start.code, start.message)
-    try:
-        async with proto._command_lock:
-            proto._response_pending = True          # a reply is expected: not unsolicited data
-            proto.write(payload)
-            resp = await proto.read_response(timeout=smtp.timeout)
-    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-        smtp.close()
-        raise
-    if resp.code != 250:
-        raise aiosmtplib.SMTPDataError(resp.code, resp.message)
-    return resp
+class SMTPClient:
+    """The client end of one SMTP connection over asyncio streams: replies read with a timeout, commands written
+    raw (several at once when pipelining), STARTTLS. Every read is bounded (line length, lines per reply)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        self.extensions: set[str] = set()
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, timeout: float, connect_timeout: float) -> "SMTPClient":
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=_READ_LIMIT),
+                                                connect_timeout)
+        return cls(reader, writer, timeout)
+
+    @property
+    def is_connected(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    async def reply(self) -> tuple[int, str]:
+        lines: list[str] = []
+        async with asyncio.timeout(self.timeout):
+            while True:
+                try:
+                    line = await self.reader.readline()
+                except ValueError:                       # over the stream's limit
+                    raise ReplyError("reply line too long") from None
+                if not line.endswith(b"\n"):
+                    raise ReplyError("connection closed" if not line else "reply line too long")
+                code = line[:3]
+                if not code.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                    raise ReplyError(f"malformed reply {line[:40]!r}")
+                lines.append(line[4:].strip().decode("utf-8", "replace").replace("\x00", ""))   # stored as text
+                if line[3:4] != b"-":
+                    return int(code), "\n".join(lines)
+                if len(lines) >= _MAX_REPLY_LINES:
+                    raise ReplyError("reply too long")
+
+    def send(self, *commands: str) -> None:
+        """Write command lines (one write); a command never carries a line break of its own."""
+        data = "".join(commands)
+        if "\r" in data or "\n" in data:
+            raise ValueError("line break in an SMTP command")
+        self.writer.write("\r\n".join(commands).encode("ascii") + b"\r\n")
+
+    async def command(self, command: str) -> tuple[int, str]:
+        self.send(command)
+        return await self.reply()
+
+    async def ehlo(self, name: str) -> tuple[int, str]:
+        code, text = await self.command(f"EHLO {name}")
+        self.extensions = set()
+        if code == 250:
+            self.extensions = {line.split(" ", 1)[0].upper() for line in text.split("\n")[1:] if line}
+        elif 500 <= code < 600:
+            code, text = await self.command(f"HELO {name}")
+        return code, text
+
+    async def starttls(self, context: ssl.SSLContext, server_hostname: str) -> None:
+        code, text = await self.command("STARTTLS")
+        if code != 220:
+            raise ReplyError(f"STARTTLS answered {code} {text}")
+        async with asyncio.timeout(self.timeout):
+            await self.writer.start_tls(context, server_hostname=server_hostname)
+
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self.writer.get_extra_info("ssl_object")
+
+    async def quit(self) -> None:
+        try:
+            await self.command("QUIT")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 @dataclass
@@ -84,10 +147,11 @@ class Outcome:
 @dataclass
 class Connection:
     hop: NextHop
-    smtp: aiosmtplib.SMTP
+    smtp: SMTPClient
     tls_version: str | None
     peer_subject: str | None
     dsn: bool
+    pipelining: bool = False
     last_used: float = field(default_factory=time.monotonic)
     uses: int = 0
     peer_der: bytes | None = None
@@ -130,35 +194,37 @@ class ClientPool:
 
     async def _connect(self, hop: NextHop) -> Connection:
         d = self.settings.delivery
-        smtp = aiosmtplib.SMTP(hostname=hop.host, port=hop.port, start_tls=False, timeout=d.command_timeout,
-                               local_hostname=self.settings.smtp.hostname)
+        smtp = None
         try:
-            await asyncio.wait_for(smtp.connect(), d.connect_timeout)
-            await smtp.ehlo()
+            smtp = await SMTPClient.connect(hop.host, hop.port, timeout=d.command_timeout,
+                                            connect_timeout=d.connect_timeout)
+            code, text = await smtp.reply()
+            if code != 220:
+                raise TemporaryError(f"4.4.2 {hop.key} answered {code} {' '.join(text.split())}")
+            name = self.settings.smtp.hostname
+            await self._hello(smtp, hop, name)
             tls_version = subject = der = None
             if hop.tls != "none":
-                if not smtp.supports_extension("starttls"):
+                if "STARTTLS" not in smtp.extensions:
                     raise TemporaryError(f"4.7.4 {hop.key} does not offer STARTTLS, which is mandatory")
-                await smtp.starttls(tls_context=self._tls(hop.tls), server_hostname=hop.host)
-                sslobj = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+                await smtp.starttls(self._tls(hop.tls), server_hostname=hop.host)
+                sslobj = smtp.ssl_object()
                 if sslobj is not None:
                     tls_version = sslobj.version()
                     der = sslobj.getpeercert(binary_form=True)
                     if der:
                         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
-                await smtp.ehlo()
-            return Connection(hop, smtp, tls_version, subject, smtp.supports_extension("dsn"), peer_der=der)
+                await self._hello(smtp, hop, name)
+            return Connection(hop, smtp, tls_version, subject, "DSN" in smtp.extensions,
+                              "PIPELINING" in smtp.extensions, peer_der=der)
         except TemporaryError:
-            await self._quit(smtp)
+            self._quit(smtp)
             raise
         except ssl.SSLCertVerificationError as exc:
-            await self._quit(smtp)
+            self._quit(smtp)
             raise TemporaryError(f"4.7.5 TLS certificate of {hop.key} not verified: {exc.verify_message}") from None
-        except aiosmtplib.SMTPResponseException as exc:
-            await self._quit(smtp)
-            raise TemporaryError(f"4.4.2 {hop.key} answered {exc.code} {exc.message}") from None
         except _NETWORK_ERRORS as exc:
-            await self._quit(smtp)
+            self._quit(smtp)
             raise TemporaryError(f"4.4.1 cannot connect to {hop.key}: {type(exc).__name__}: {exc}") from None
 
     async def revocation_refusal(self, conn: Connection) -> str | None:
@@ -172,17 +238,22 @@ class ClientPool:
             return None
         return f"4.7.5 certificate of {conn.hop.key} ({conn.peer_subject}): {conn.revocation.verdict.reason}"
 
-    async def _quit(self, smtp: aiosmtplib.SMTP) -> None:
-        try:
+    @staticmethod
+    async def _hello(smtp: SMTPClient, hop: NextHop, name: str) -> None:
+        code, text = await smtp.ehlo(name)
+        if code != 250:
+            raise TemporaryError(f"4.4.2 {hop.key} answered {code} {' '.join(text.split())}")
+
+    @staticmethod
+    def _quit(smtp: SMTPClient | None) -> None:
+        if smtp is not None:
             smtp.close()
-        except Exception:  # closing a broken connection: nothing to report
-            pass
 
     async def _close(self, conn: Connection) -> None:
         try:
             await asyncio.wait_for(conn.smtp.quit(), 5)
         except (*_NETWORK_ERRORS, RuntimeError):
-            await self._quit(conn.smtp)
+            self._quit(conn.smtp)
 
     async def close_all(self) -> None:
         for conns in self._idle.values():
@@ -198,42 +269,66 @@ def _xtext(value: str) -> str:
 async def transact(conn: Connection, mail_from: str, rcpts: list[tuple[int, str, str | None, str | None]],
                    body: bytes, *, ret: str | None, envid: str | None) -> tuple[dict[int, Outcome], bool]:
     """One SMTP transaction. rcpts: (row id, address, notify, orcpt). Returns per-row outcomes and whether the
-    connection may be reused."""
+    connection may be reused. With a peer that offers PIPELINING (RFC 2920), MAIL, the RCPTs and DATA go in one
+    write and their replies are read in order: two round trips for a message instead of three plus one per
+    recipient."""
     smtp = conn.smtp
     outcomes: dict[int, Outcome] = {}
-    mail_opts = []
+    mail = f"MAIL FROM:<{mail_from}>"
     if conn.dsn:
         if ret:
-            mail_opts.append(f"RET={ret}")
+            mail += f" RET={ret}"
         if envid:
-            mail_opts.append(f"ENVID={_xtext(envid)}")
+            mail += f" ENVID={_xtext(envid)}"
+    rcpt_lines = []
+    for _, address, notify, orcpt in rcpts:
+        line = f"RCPT TO:<{address}>"
+        if conn.dsn and notify:
+            line += f" NOTIFY={notify}"
+        if conn.dsn and orcpt:
+            line += f" ORCPT={_xtext(orcpt)}"
+        rcpt_lines.append(line)
     try:
-        try:
-            await smtp.mail(mail_from, options=mail_opts)
-        except aiosmtplib.SMTPResponseException as exc:
-            o = Outcome.from_code(exc.code, exc.message)
-            await smtp.rset()
+        if conn.pipelining:
+            smtp.send(mail, *rcpt_lines, "DATA")
+        else:
+            smtp.send(mail)
+        code, text = await smtp.reply()
+        if code != 250:
+            o = Outcome.from_code(code, text)
+            if conn.pipelining:                   # the RCPT and DATA replies still come: refusals
+                for _ in range(len(rcpt_lines) + 1):
+                    await smtp.reply()
+            await smtp.command("RSET")
             return {rid: o for rid, *_ in rcpts}, True
         accepted = []
-        for rid, address, notify, orcpt in rcpts:
-            opts = []
-            if conn.dsn and notify:
-                opts.append(f"NOTIFY={notify}")
-            if conn.dsn and orcpt:
-                opts.append(f"ORCPT={_xtext(orcpt)}")
-            try:
-                await smtp.rcpt(address, options=opts)
+        for (rid, *_), line in zip(rcpts, rcpt_lines):
+            if not conn.pipelining:
+                smtp.send(line)
+            code, text = await smtp.reply()
+            if 200 <= code < 300:
                 accepted.append(rid)
-            except aiosmtplib.SMTPResponseException as exc:
-                outcomes[rid] = Outcome.from_code(exc.code, exc.message)
-        if not accepted:
-            await smtp.rset()
+            else:
+                outcomes[rid] = Outcome.from_code(code, text)
+        if not accepted and not conn.pipelining:
+            await smtp.command("RSET")
             return outcomes, True
-        try:
-            resp = await _data(smtp, body)
-            o = Outcome.from_code(resp.code, resp.message)
-        except aiosmtplib.SMTPResponseException as exc:
-            o = Outcome.from_code(exc.code, exc.message)
+        if not conn.pipelining:
+            smtp.send("DATA")
+        code, text = await smtp.reply()
+        if code == 354:
+            # with pipelining, a peer should refuse DATA when it refused every RCPT; one that accepts it gets an
+            # empty message it can deliver to nobody
+            smtp.writer.write(wire_data(body) if accepted else b".\r\n")
+            code, text = await smtp.reply()
+        elif not accepted:
+            await smtp.command("RSET")
+            return outcomes, True
+        elif code < 400 or code >= 600:
+            raise ReplyError(f"DATA answered {code}")
+        o = Outcome.from_code(code, text)
+        if code >= 400 and accepted:
+            await smtp.command("RSET")
         for rid in accepted:
             outcomes[rid] = o
         return outcomes, True

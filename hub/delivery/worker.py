@@ -27,7 +27,8 @@ import asyncpg
 import structlog
 
 from hub import observability as obs
-from hub.audit.store import Event, record
+from hub.audit.store import INSERT_ROWS_FROM, INSERT_ROWS_TAIL, Event
+from hub.audit.store import columns as audit_columns
 from hub.db import UNAVAILABLE
 from hub.delivery import dsn
 from hub.delivery.client import ClientPool, Outcome, transact
@@ -42,6 +43,32 @@ log = structlog.get_logger("hub.delivery")
 ACQUIRE_TIMEOUT = 10.0
 # a deferral or a bounce is a warning for the operator, a dead recipient an error
 _LOG_LEVEL = {"delivered": "info", "temporary": "warning", "permanent": "warning", "dead": "error"}
+
+
+def _record_delivered_sql(one: bool) -> str:
+    """Delivered outcomes in one statement: the recipients ($1 ids, $2 replies), the batch's audit events ($4-$13,
+    as hub.audit.store.columns), and the messages among $3 whose recipients are now all final. The parts of one
+    statement all see the rows as they were before it, so the recipients it marks delivered are excluded from that
+    check by id (the other outcomes of the batch, written earlier in the same transaction, are seen).
+    one=True: the common batch of one recipient of one message, with plain values instead of arrays, so that
+    PostgreSQL keeps one generic plan of index look-ups; with arrays it re-plans at every execution (it
+    estimates ten elements), and below ~10,000 rows it may scan whole tables."""
+    ids, reply, mids = ("$1::bigint", "$2::text", "$3::text") if one else \
+        ("ANY($1::bigint[])", "($2::text[])[array_position($1::bigint[], id)]", "ANY($3::text[])")
+    excluded = "r.id <> $1::bigint" if one else "r.id <> ALL($1::bigint[])"
+    return (
+        f"WITH d AS (UPDATE recipient SET state = 'delivered', attempts = attempts + 1, last_reply = {reply},"
+        f" lease_until = NULL, lease_owner = NULL, updated_at = now() WHERE id = {ids}),"
+        f" a AS ({INSERT_ROWS_FROM}$4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bytea[],"
+        f" $10::text[], $11::int[], $12::text[], $13::text[]{INSERT_ROWS_TAIL})"
+        " UPDATE message m SET state = 'done', finished_at = now()"
+        f" WHERE m.id = {mids} AND m.state = 'queued' AND NOT EXISTS ("
+        "  SELECT 1 FROM recipient r WHERE r.message_id = m.id AND r.state IN ('pending', 'queued', 'held')"
+        f"  AND {excluded})")
+
+
+_RECORD_DELIVERED = _record_delivered_sql(False)
+_RECORD_ONE_DELIVERED = _record_delivered_sql(True)
 
 
 @dataclass
@@ -71,9 +98,47 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._results: asyncio.Queue[list[Result]] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
+        self._recording = False              # the recorder runs: outcomes handed to it get written
 
     def wake(self, *_args) -> None:
         self._wake.set()
+
+    # ---- messages handed over by intake ----------------------------------------------------------------------
+    async def reserve(self, msg) -> int:
+        """Slots for a message this process is accepting (one per destination domain), taken only when they are
+        free now and nobody waits for them; 0 when the message goes through the queue instead (some recipient
+        is not ready for delivery, or the worker is busy or stopping)."""
+        if not self._recording or any(r.state != "queued" for r in msg.recipients):
+            return 0
+        n = len({r.domain for r in msg.recipients})
+        slots = self._slots
+        if n > slots._value or slots.locked():
+            return 0
+        for _ in range(n):
+            await slots.acquire()            # free slots and no waiter: returns without suspending
+        return n
+
+    def unreserve(self, n: int) -> None:
+        for _ in range(n):
+            self._slots.release()
+
+    def hand_over(self, msg, received_at: datetime, ids: list[int], reserved: int) -> None:
+        """Deliver a message intake has just committed with its recipients leased to this worker (`reserve`
+        gave the slots): the rows the claim would have returned, built from what intake has in memory."""
+        if not self._recording:              # stopped meanwhile: the leases expire, any worker sends them
+            self.unreserve(reserved)
+            return
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for rid, r in zip(ids, msg.recipients):
+            groups[r.domain].append({
+                "id": rid, "message_id": msg.id, "rcpt": r.rcpt, "address": r.address.lower(), "domain": r.domain,
+                "attempts": 0, "notify": r.notify, "orcpt": r.orcpt, "recoveries": 0, "delay_notified": False,
+                "variant_id": None, "received_at": received_at, "mail_from": msg.mail_from, "envid": msg.envid,
+                "ret": msg.ret, "account": msg.account})
+        for rows in groups.values():
+            task = asyncio.create_task(self._run_group(rows, msg.body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def run(self, stop: asyncio.Event) -> None:
         recorder = asyncio.create_task(self._recorder(stop))
@@ -136,8 +201,10 @@ class DeliveryWorker:
             await self._slots.acquire()
             self._slots.release()
             return 1
+        # no more rows than free slots: a leased row never waits for a slot (its lease could expire meanwhile and
+        # another worker send it too)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            rows = await store.claim(conn, min(self.settings.delivery.batch_size, free * 4),
+            rows = await store.claim(conn, min(self.settings.delivery.batch_size, free),
                                      self.settings.delivery.lease_seconds, self.owner)
         bodies = {r["message_id"]: r["body"] for r in rows if r["body"] is not None}
         groups: dict[tuple, list[asyncpg.Record]] = defaultdict(list)
@@ -225,6 +292,13 @@ class DeliveryWorker:
 
     # ---- recording -------------------------------------------------------------------------------------------
     async def _recorder(self, stop: asyncio.Event) -> None:
+        self._recording = True
+        try:
+            await self._record_loop(stop)
+        finally:
+            self._recording = False
+
+    async def _record_loop(self, stop: asyncio.Event) -> None:
         while True:
             if stop.is_set() and self._results.empty() and not self._tasks:
                 return
@@ -241,7 +315,11 @@ class DeliveryWorker:
                 except UNAVAILABLE as exc:
                     log.warning("outcome_record_failed", error=str(exc), attempt=attempt)
                     await asyncio.sleep(1 + attempt)
-            # if it never succeeded, the leases expire and the recipients are tried again (at-least-once)
+                except Exception:     # a bug or a value the database refuses: this batch only, never the recorder
+                    log.exception("outcome_record_failed", recipients=len(batch))
+                    break
+            # if it never succeeded, the leases expire and the recipients are tried again (at-least-once; a
+            # recipient recovered too often goes to dead)
 
     async def record(self, results: list[Result]) -> None:
         now = datetime.now(timezone.utc)
@@ -255,6 +333,7 @@ class DeliveryWorker:
         dead_messages: dict[str, str] = {}
         retry: list[int] = []
         replies: dict[int, str] = {}
+        logged: list[tuple] = []
         for res in results:
             r, o = res.row, res.outcome
             if o.kind == "retry":
@@ -269,9 +348,7 @@ class DeliveryWorker:
             if kind == "temporary" and self.schedule.expired(r["received_at"], now):
                 kind, o = "permanent", Outcome("permanent", f"{o.reply} (gave up after "
                                                             f"{self.settings.queue.max_lifetime // 3600} h)")
-            obs.delivery_outcome(r["domain"], kind)
-            getattr(log, _LOG_LEVEL[kind])(f"delivery_{kind}", message_id=r["message_id"], domain=r["domain"],
-                                           next_hop=res.hop, reply=o.reply)
+            logged.append((kind, r, res.hop, o.reply))
             if kind == "delivered":
                 delivered.append(r["id"])
                 replies[r["id"]] = o.reply
@@ -297,35 +374,53 @@ class DeliveryWorker:
                 dead_messages[r["message_id"]] = o.reply
                 events.append(Event("dead", facts={"stage": "delivery", "reason": o.reply}, **base))
                 obs.DEAD.labels("delivery").inc()
+        notices = [(kind, groups) for kind, groups in (("failure", bounces), ("delay", delays),
+                                                        ("success", successes)) if groups]
+        messages = list({res.row["message_id"] for res in results})
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            async with conn.transaction():
-                if retry:
-                    await conn.execute(
-                        "UPDATE recipient SET lease_until = NULL, lease_owner = NULL,"
-                        " next_attempt_at = now() + interval '5 seconds' WHERE id = ANY($1)", retry)
-                if delivered:
-                    await conn.execute(
-                        "UPDATE recipient SET state = 'delivered', attempts = attempts + 1, last_reply = d.reply,"
-                        " lease_until = NULL, lease_owner = NULL, updated_at = now()"
-                        " FROM unnest($1::bigint[], $2::text[]) AS d(id, reply) WHERE recipient.id = d.id",
-                        delivered, [replies[i] for i in delivered])
-                if deferred:
-                    await conn.executemany(
-                        "UPDATE recipient SET attempts = attempts + 1, last_reply = $2, next_attempt_at = $3,"
-                        " lease_until = NULL, lease_owner = NULL, delay_notified = $4, updated_at = now()"
-                        " WHERE id = $1", deferred)
-                if finals:
-                    await conn.executemany(
-                        "UPDATE recipient SET state = $2, attempts = attempts + 1, last_reply = $3,"
-                        " lease_until = NULL, lease_owner = NULL, updated_at = now() WHERE id = $1", finals)
-                for mid, reason in dead_messages.items():
-                    await conn.execute("UPDATE message SET dead_reason = $2, dead_stage = 'delivery' WHERE id = $1",
-                                       mid, reason)
-                for kind, groups in (("failure", bounces), ("delay", delays), ("success", successes)):
-                    for mid, items in groups.items():
-                        events.extend(await self._notify(conn, kind, mid, items))
-                await record(conn, *events)
-                await store.finish_messages(conn, list({res.row["message_id"] for res in results}))
+            if retry or deferred or finals or notices:
+                async with conn.transaction():
+                    await self._record_others(conn, events, deferred, finals, retry, dead_messages, notices)
+                    await self._record_delivered(conn, delivered, replies, messages, events)
+            else:       # the common case: one statement, one round trip, its own commit
+                await self._record_delivered(conn, delivered, replies, messages, events)
+        for kind, r, hop, reply in logged:          # once the outcomes are written
+            obs.delivery_outcome(r["domain"], kind)
+            getattr(log, _LOG_LEVEL[kind])(f"delivery_{kind}", message_id=r["message_id"], domain=r["domain"],
+                                           next_hop=hop, reply=reply)
+
+    @staticmethod
+    async def _record_delivered(conn, delivered: list[int], replies: dict[int, str], messages: list[str],
+                                events: list[Event]) -> None:
+        """The delivered recipients, every audit event of the batch, and the messages now done: one statement."""
+        if len(delivered) == 1 and len(messages) == 1:
+            await conn.execute(_RECORD_ONE_DELIVERED, delivered[0], replies[delivered[0]], messages[0],
+                               *audit_columns(events))
+        else:
+            await conn.execute(_RECORD_DELIVERED, delivered, [replies[i] for i in delivered], messages,
+                               *audit_columns(events))
+
+    async def _record_others(self, conn, events, deferred, finals, retry, dead_messages, notices) -> None:
+        """Outcomes other than delivered, and notifications (their events are appended to `events`)."""
+        if retry:
+            await conn.execute(
+                "UPDATE recipient SET lease_until = NULL, lease_owner = NULL,"
+                " next_attempt_at = now() + interval '5 seconds' WHERE id = ANY($1)", retry)
+        if deferred:
+            await conn.executemany(
+                "UPDATE recipient SET attempts = attempts + 1, last_reply = $2, next_attempt_at = $3,"
+                " lease_until = NULL, lease_owner = NULL, delay_notified = $4, updated_at = now()"
+                " WHERE id = $1", deferred)
+        if finals:
+            await conn.executemany(
+                "UPDATE recipient SET state = $2, attempts = attempts + 1, last_reply = $3,"
+                " lease_until = NULL, lease_owner = NULL, updated_at = now() WHERE id = $1", finals)
+        for mid, reason in dead_messages.items():
+            await conn.execute("UPDATE message SET dead_reason = $2, dead_stage = 'delivery' WHERE id = $1",
+                               mid, reason)
+        for kind, groups in notices:
+            for mid, items in groups.items():
+                events.extend(await self._notify(conn, kind, mid, items))
 
     async def _notify(self, conn, kind: str, message_id: str, items) -> list[Event]:
         self.wake()          # the notification is a new queued message

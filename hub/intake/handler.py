@@ -68,6 +68,7 @@ class IntakeHandler:
         self.closing = False
         self.on_queued = None             # callables set by the composition root (wake the local workers)
         self.on_processing = None
+        self.delivery = None              # this process's delivery worker: takes accepted messages at once
         self.in_flight = 0
         self.sessions: set = set()        # live protocol instances, closed at shutdown
         self.max_connections = settings.smtp.max_connections
@@ -246,8 +247,20 @@ class IntakeHandler:
                                     "size": len(body),
                                     "login": "auth" if getattr(session, "hub_account", None) else
                                     ("certificate" if peer_subject(server) else "network")})
-            async with self.pool.acquire() as conn:      # one statement, its own transaction: committed on return
-                await insert_message(conn, msg, [received, *routed.events(message_id, msg.account, msg.mail_from)])
+            # a message ready for delivery is leased at once by this process's delivery worker when it has free
+            # slots for it: no claim from the queue, the body is already in memory
+            reserved = await self.delivery.reserve(msg) if self.delivery is not None and msg.state == "queued" \
+                else 0
+            try:
+                async with self.pool.acquire() as conn:  # one statement, its own transaction: committed on return
+                    accepted = await insert_message(
+                        conn, msg, [received, *routed.events(message_id, msg.account, msg.mail_from)],
+                        lease_owner=self.delivery.owner if reserved else None,
+                        lease_seconds=self.settings.delivery.lease_seconds)
+            except BaseException:
+                if reserved:
+                    self.delivery.unreserve(reserved)
+                raise
         except (TemporaryError, *UNAVAILABLE) as exc:
             obs.SMTP_REPLIES.labels("451").inc()
             log.warning("intake_failed", message_id=message_id, error=f"{type(exc).__name__}: {exc}")
@@ -264,9 +277,12 @@ class IntakeHandler:
             self.in_flight -= 1
         # wake this process's workers; no NOTIFY inside the transaction: PostgreSQL serialises every commit that
         # notifies behind one lock held until the commit is flushed (other processes poll, delivery.poll_interval)
-        waker = self.on_queued if msg.state == "queued" else self.on_processing
-        if waker is not None:
-            waker()
+        if reserved:
+            self.delivery.hand_over(msg, accepted["received_at"], accepted["ids"], reserved)
+        else:
+            waker = self.on_queued if msg.state == "queued" else self.on_processing
+            if waker is not None:
+                waker()
         obs.RECEIVED.labels(msg.account or "-").inc()
         obs.INTAKE_SECONDS.observe(time.perf_counter() - started)
         obs.SMTP_REPLIES.labels("250").inc()

@@ -88,6 +88,24 @@ class HubSession(Session):
 class HubSMTP(SMTP):
     read_chunk_limit = 256 * 1024
 
+    @classmethod
+    def factory(cls, handler, **kwargs):
+        """A protocol factory for `loop.create_server`. aiosmtpd's constructor introspects the class and the handler
+        on every connection (inspect.getmembers, dir, inspect.signature: a tenth of the hub's CPU for a session of
+        one message); here only the first protocol is built that way, and each next one gets the same settings
+        and the same command, hook and AUTH methods, looked up by name on itself."""
+        template: _Template | None = None
+
+        def make() -> HubSMTP:
+            nonlocal template
+            if template is None:
+                proto = cls(handler, **kwargs)
+                template = _Template(proto)
+                return proto
+            return template.new()
+
+        return make
+
     def connection_made(self, transport) -> None:
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -119,12 +137,15 @@ class HubSMTP(SMTP):
     async def push(self, status: str | bytes) -> None:
         """Send a reply. A 250 reply is held while the client's next command line is already buffered (it
         pipelined, RFC 2920) and goes out in one write with the following replies, as Postfix does: the replies to
-        MAIL, RCPT and DATA cost one write instead of three. Every other reply (354, 220 before TLS, errors)
+        MAIL, RCPT and DATA cost one write instead of three. The lines of a multi-line reply (EHLO) are held until
+        its last line: one write instead of one per line. Every other reply (354, 220 before TLS, errors)
         flushes, and nothing is held when the next read would wait for the client."""
         if isinstance(status, str):     # never fails: a reply quoting undecodable client bytes gets "?" for them
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace")
         held = self.__dict__.setdefault("_hub_replies", [])
         held.append(status + b"\r\n")
+        if status[3:4] == b"-":                      # a continuation line: its reply is not complete yet
+            return
         reader = self._reader
         if status[:3] == b"250" and reader is not None and b"\n" in reader._buffer:
             return
@@ -370,6 +391,41 @@ class HubSMTP(SMTP):
         if password is MISSING:
             return AuthResult(success=False)
         return await self._hub_auth("LOGIN", login, password)
+
+
+class _Template:
+    """What aiosmtpd's SMTP.__init__ computes, taken from a freshly built protocol, to build the next ones."""
+
+    _BOUND = ("_smtp_methods", "_auth_methods", "_handle_hooks")
+
+    def __init__(self, proto: HubSMTP):
+        self.cls = type(proto)
+        self.loop = proto.loop
+        base = object.__new__(self.cls)            # what asyncio's StreamReaderProtocol sets up per instance
+        self._base_init(base)
+        fresh = set(vars(base))
+        self.plain = {k: v for k, v in vars(proto).items() if k not in fresh and k not in self._BOUND}
+        self.smtp_methods = {cmd: m.__func__.__name__ for cmd, m in proto._smtp_methods.items()}
+        # AUTH mechanisms implemented by the protocol are bound to each protocol; the handler's are shared
+        self.auth = {name: (a.method.__func__.__name__ if a.is_builtin else None, a)
+                     for name, a in proto._auth_methods.items()}
+        self.hooks = dict(proto._handle_hooks)
+
+    def _base_init(self, proto) -> None:
+        asyncio.StreamReaderProtocol.__init__(
+            proto, asyncio.StreamReader(loop=self.loop, limit=self.cls.line_length_limit),
+            client_connected_cb=proto._cb_client_connected, loop=self.loop)
+
+    def new(self) -> HubSMTP:
+        proto = object.__new__(self.cls)
+        self._base_init(proto)
+        proto.__dict__.update(self.plain)
+        proto._handle_hooks = dict(self.hooks)
+        proto._smtp_methods = {cmd: getattr(proto, name) for cmd, name in self.smtp_methods.items()}
+        proto._auth_methods = {k: (a if name is None else type(a)(getattr(proto, name), True))
+                               for k, (name, a) in self.auth.items()}
+        proto.command_size_limits.clear()          # as SMTP.__init__ does
+        return proto
 
 
 __all__ = ["HubSMTP", "LoginPassword"]

@@ -86,27 +86,36 @@ class NewMessage:
 
 _INSERT_MESSAGE = (
     "INSERT INTO message (id, account, mail_from, state, size, body, peer, helo, tls_version, envid, ret,"
-    " rule_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+    " rule_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING received_at")
+# $33, $34: the delivery lease taken at intake (owner, seconds), NULL for none
 _INSERT_RECIPIENTS = (
     "INSERT INTO recipient (message_id, rcpt, address, domain, state, notify, orcpt, resolution, plan, rule_id,"
-    " priority) SELECT $1, * FROM unnest($13::text[], $14::text[], $15::text[], $16::text[], $17::text[],"
-    " $18::text[], $19::text[], $20::jsonb[], $21::text[], $22::int[])")
+    " priority, lease_owner, lease_until) SELECT $1, u.*, $33::text,"
+    " now() + make_interval(secs => $34::float8) FROM unnest($13::text[], $14::text[], $15::text[], $16::text[],"
+    " $17::text[], $18::text[], $19::text[], $20::jsonb[], $21::text[], $22::int[]) AS u RETURNING id")
 # One statement, so accepting a message costs one round trip to PostgreSQL (and, outside a transaction block, its
 # own durable commit): the message, its recipients and its audit events are written together or not at all.
 _ACCEPT = (f"WITH m AS ({_INSERT_MESSAGE}), r AS ({_INSERT_RECIPIENTS}), a AS ({audit_store.INSERT_ROWS_FROM}"
            "$23::text[], $24::text[], $25::text[], $26::text[], $27::text[], $28::bytea[], $29::text[], $30::int[],"
-           " $31::text[], $32::text[]" f"{audit_store.INSERT_ROWS_TAIL}) SELECT 1")
+           " $31::text[], $32::text[]" f"{audit_store.INSERT_ROWS_TAIL})"
+           " SELECT (SELECT received_at FROM m) AS received_at, array(SELECT id FROM r ORDER BY id) AS ids")
 
 
-async def insert_message(conn: asyncpg.Connection, m: NewMessage, events: Sequence[Event] = ()) -> None:
+async def insert_message(conn: asyncpg.Connection, m: NewMessage, events: Sequence[Event] = (), *,
+                         lease_owner: str | None = None, lease_seconds: float | None = None) -> asyncpg.Record:
     """Write the message, its recipients and `events` (its audit events, in order) in one statement. Called outside
-    a transaction block, that statement is its own transaction: it has committed when this returns."""
+    a transaction block, that statement is its own transaction: it has committed when this returns.
+
+    With `lease_owner`, the recipients are written already leased by that delivery worker for `lease_seconds` (the
+    process that accepted the message delivers it without claiming it from the queue; if it dies, the lease expires
+    and any worker takes the recipients, as after a claim). Returns (received_at, ids: the recipients' ids in the
+    order of m.recipients)."""
     rs = m.recipients
-    await conn.execute(
+    return await conn.fetchrow(
         _ACCEPT,
         m.id, m.account, m.mail_from, m.state, len(m.body), m.body, m.peer, m.helo, m.tls_version, m.envid, m.ret,
         m.rule_version,
         [r.rcpt for r in rs], [r.address.lower() for r in rs], [r.domain for r in rs], [r.state for r in rs],
         [r.notify for r in rs], [r.orcpt for r in rs], [r.resolution for r in rs], [r.plan for r in rs],
         [r.rule_id for r in rs], [r.priority for r in rs],
-        *audit_store.columns(events))
+        *audit_store.columns(events), lease_owner, lease_seconds if lease_owner else None)

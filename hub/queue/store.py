@@ -41,11 +41,3 @@ async def claim(conn: asyncpg.Connection, limit: int, lease_seconds: int, owner:
     return await conn.fetch(CLAIM, limit, float(lease_seconds), owner)
 
 
-async def finish_messages(conn, message_ids: list[str]) -> list[str]:
-    """Mark messages done when no recipient is still pending or queued; returns those finished now."""
-    rows = await conn.fetch(
-        "UPDATE message m SET state = 'done', finished_at = now()"
-        " WHERE m.id = ANY($1) AND m.state = 'queued' AND NOT EXISTS ("
-        "  SELECT 1 FROM recipient r WHERE r.message_id = m.id AND r.state IN ('pending', 'queued', 'held'))"
-        " RETURNING m.id", message_ids)
-    return [r["id"] for r in rows]

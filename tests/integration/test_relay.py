@@ -284,3 +284,90 @@ async def test_pipelined_commands_get_their_replies_in_order(start_hub, peer, co
     writer.close()
     await wait_for(lambda: peer.messages)
     assert b"\r\n.dot line\r\n" in peer.messages[0].content
+
+
+async def test_delivery_pipelines_with_a_peer_that_offers_it(start_hub, peer, conn, pki):
+    """RFC 2920 on the delivery side: MAIL, the RCPTs and DATA reach the peer in one write; a refused RCPT among
+    them bounces alone, and a DATA refusal after pipelined RCPTs defers the message."""
+    peer.handler_obj.pipelining = True
+    peer.handler_obj.rcpt_replies["gone@medecin.mssante.fr"] = "550 5.1.1 No such mailbox"
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    rcpts = ["a@medecin.mssante.fr", "gone@medecin.mssante.fr", "b@medecin.mssante.fr"]
+    mid = queued_id(await client(hub, pki).send(SENDER, rcpts, message()))
+    await wait_for(lambda: _state(conn, mid, "done"))
+    assert [sorted(m.rcpt_tos) for m in peer.messages] == [["a@medecin.mssante.fr", "b@medecin.mssante.fr"]]
+    assert peer.handler_obj.data_already_sent == [True, True, True]
+    assert await states(conn, mid) == {"a@medecin.mssante.fr": "delivered", "gone@medecin.mssante.fr": "bounced",
+                                       "b@medecin.mssante.fr": "delivered"}
+    peer.handler_obj.data_reply = "451 4.3.0 try later"
+    mid = queued_id(await client(hub, pki).send(SENDER, ["c@medecin.mssante.fr"], message()))
+    await wait_for(lambda: conn.fetchval("SELECT attempts > 0 FROM recipient WHERE message_id = $1", mid))
+    row = await conn.fetchrow("SELECT state, last_reply FROM recipient WHERE message_id = $1", mid)
+    assert row["state"] == "queued" and row["last_reply"].startswith("451 4.3.0")
+
+
+async def test_the_accepting_process_delivers_without_the_queue(start_hub, peer, conn, pki):
+    """A message accepted while the process has a free delivery slot is written with its recipient already leased
+    to that process and sent at once, from memory: without any wake-up or poll of the queue."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_}, delivery={"poll_interval": 600})
+    hub.handler.on_queued = None                 # nothing wakes the worker's queue loop any more
+    mid = queued_id(await client(hub, pki).send(SENDER, ["dr.martin@medecin.mssante.fr"], message()))
+    await wait_for(lambda: _state(conn, mid, "done"), timeout=10)
+    row = await conn.fetchrow("SELECT recoveries, attempts, lease_owner FROM recipient WHERE message_id = $1", mid)
+    assert (row["recoveries"], row["attempts"], row["lease_owner"]) == (0, 1, None)
+
+
+async def test_a_claim_leases_no_more_recipients_than_free_slots(start_hub, peer, conn, pki):
+    """With one delivery slot, recipients queued while it is busy are claimed one at a time: the others stay
+    unleased, free for any process or node, instead of leased and left waiting for the slot (their lease could
+    expire meanwhile and another worker send them too)."""
+    import threading
+
+    peer.handler_obj.gate = gate = threading.Semaphore(0)
+    hub = await start_hub({"medecin.mssante.fr": peer.port_}, delivery={"workers": 1})
+    try:
+        first = queued_id(await client(hub, pki).send(SENDER, ["a@medecin.mssante.fr"], message()))  # in the slot
+        others = [queued_id(await client(hub, pki).send(SENDER, [f"{n}@medecin.mssante.fr"], message()))
+                  for n in ("b", "c", "d")]
+        gate.release()                            # the first one goes through; the slot claims from the queue
+        await wait_for(lambda: _state(conn, first, "done"))
+        await asyncio.sleep(1.0)                  # several polls (delivery.poll_interval 0.2 s)
+        leased = await conn.fetchval("SELECT count(*) FROM recipient WHERE message_id = ANY($1)"
+                                     " AND lease_until IS NOT NULL", others)
+        assert leased == 1
+    finally:
+        gate.release(10)
+    await wait_for(lambda: conn.fetchval("SELECT bool_and(state = 'delivered') FROM recipient WHERE message_id"
+                                         " = ANY($1)", others), timeout=30)
+
+
+async def test_a_nul_in_the_peers_reply_is_recorded_without_it(start_hub, peer, conn, pki):
+    """PostgreSQL text cannot hold NUL: a peer's reply carrying one is stored without it, and the outcome (and the
+    next ones) are recorded."""
+    peer.handler_obj.data_reply = "250 2.0.0 Ok\x00 queued"
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    mids = [queued_id(await client(hub, pki).send(SENDER, [f"{n}@medecin.mssante.fr"], message())) for n in "ab"]
+    for mid in mids:
+        await wait_for(lambda: _state(conn, mid, "done"))
+    assert await conn.fetchval("SELECT last_reply FROM recipient WHERE message_id = $1", mids[0]) == \
+        "250 2.0.0 Ok queued"
+
+
+async def test_a_multi_line_reply_goes_out_in_one_write(start_hub, pki):
+    """The EHLO reply's lines are written together (one segment for the client to read, not one per line)."""
+    hub = await start_hub({})
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.smtp_port)
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 10))[:3] == b"220"
+        session = next(iter(hub.handler.sessions))
+        writes: list[bytes] = []
+        real = session._writer.write
+        session._writer.write = lambda data: (writes.append(bytes(data)), real(data))[1]
+        writer.write(b"EHLO lab.example\r\n")
+        lines = []
+        while not lines or lines[-1][3:4] != b" ":
+            lines.append(await asyncio.wait_for(reader.readline(), 10))
+        assert len(lines) > 3 and b"PIPELINING" in b"".join(lines)
+        assert writes == [b"".join(lines)]
+    finally:
+        writer.close()

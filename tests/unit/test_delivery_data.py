@@ -1,4 +1,5 @@
-"""The DATA payload the delivery client writes itself must be what aiosmtplib's `data()` would have sent."""
+"""The DATA payload the delivery client writes must be what aiosmtplib's `data()` sends for the same body (a well-kept
+client as the reference)."""
 
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings, strategies as st
