@@ -79,7 +79,7 @@ class SMTPClient:
                 code = line[:3]
                 if not code.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
                     raise ReplyError(f"malformed reply {line[:40]!r}")
-                lines.append(line[4:].strip().decode("utf-8", "replace").replace("\x00", ""))   # stored as text
+                lines.append(line[4:].strip().decode("utf-8", "replace"))   # Outcome makes it storable (NUL replaced)
                 if line[3:4] != b"-":
                     return int(code), "\n".join(lines)
                 if len(lines) >= _MAX_REPLY_LINES:

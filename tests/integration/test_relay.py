@@ -341,18 +341,6 @@ async def test_a_claim_leases_no_more_recipients_than_free_slots(start_hub, peer
                                          " = ANY($1)", others), timeout=30)
 
 
-async def test_a_nul_in_the_peers_reply_is_recorded_without_it(start_hub, peer, conn, pki):
-    """PostgreSQL text cannot hold NUL: a peer's reply carrying one is stored without it, and the outcome (and the
-    next ones) are recorded."""
-    peer.handler_obj.data_reply = "250 2.0.0 Ok\x00 queued"
-    hub = await start_hub({"medecin.mssante.fr": peer.port_})
-    mids = [queued_id(await client(hub, pki).send(SENDER, [f"{n}@medecin.mssante.fr"], message())) for n in "ab"]
-    for mid in mids:
-        await wait_for(lambda: _state(conn, mid, "done"))
-    assert await conn.fetchval("SELECT last_reply FROM recipient WHERE message_id = $1", mids[0]) == \
-        "250 2.0.0 Ok queued"
-
-
 async def test_a_multi_line_reply_goes_out_in_one_write(start_hub, pki):
     """The EHLO reply's lines are written together (one segment for the client to read, not one per line)."""
     hub = await start_hub({})
