@@ -8,11 +8,16 @@ Public interface (everything else is internal):
     Registry.names() -> frozenset[str]
     Registry.apply(name, message: bytes, params: dict) -> TransformOutcome
 
+Layout, by role: `parse/` (input parsers: MIME, detection, HPRIM, HL7 v2, CI-SIS, CDA header, metadata),
+`terminology/` (LOINC, units, dates), `build/` (document builders: CDA N1 / CR-BIO N3, ORU, XDM, MSSanté mail),
+`validate/` (safe XML, CDA schema); `chains.py` is the one place that composes them, `steps.py` holds what the
+chains share (context, step records, outcome) and `registry.py` names the chains.
+
 Errors: hub.errors.ParseError (malformed input, with `where`), hub.errors.TransformError (no valid document;
 `.steps`, `.validation`). Settings read: the `[transform]` section, passed to `build_registry`. See docs/transform.md.
 """
 
-from hub.transform.detect import ContentInfo, Detected, Detection, content_info, detect
+from hub.transform.parse.detect import ContentInfo, Detected, Detection, content_info, detect
 from hub.transform.registry import Registry, StepRecord, TransformOutcome, build_registry
 
 __all__ = ["ContentInfo", "Detected", "Detection", "Registry", "StepRecord", "TransformOutcome", "build_registry",

@@ -1,9 +1,11 @@
-"""The named transform chains registered by `hub.transform.registry.build_registry`.
+"""The named transform chains: the one place that composes parsers (`parse/`), terminology (`terminology/`),
+builders (`build/`) and validators (`validate/`); `hub.transform.registry.build_registry` registers them.
 
 Each chain: (context, raw RFC 5322 message bytes, params) -> TransformOutcome. Input is untrusted; every CDA the
 hub produces or relays is validated against the CDA schema before it is packaged, or the chain raises TransformError.
 Common params: `now` (datetime or ISO 8601 string, default: the clock), `tz` (default "Europe/Paris"), `body`
-(text of the outgoing mail), `metadata` (dict, see `hub.transform.metadata`). Chain-specific params: docs/transform.md.
+(text of the outgoing mail), `metadata` (dict, see `hub.transform.parse.metadata`). Chain-specific params:
+docs/transform.md.
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.errors import ParseError, TransformError
-from hub.transform import metadata as md
-from hub.transform.cda import finish, n1_frame
-from hub.transform.cda_bio import CHAPTERS, build_cr_bio_n3
-from hub.transform.cda_info import CdaInfo, read_cda
-from hub.transform.cisis import build_ack, read_cisis
-from hub.transform.dates import now_ts
-from hub.transform.detect import classify
-from hub.transform.hl7v2 import parse_er7, read_lab_oru, read_patient, write_oru
-from hub.transform.hprim import parse_hprim_net, parse_hprim_sante
-from hub.transform.mime import Part, walk
+from hub.transform.build import mss
+from hub.transform.build.cda import finish, n1_frame
+from hub.transform.build.cda_bio import CHAPTERS, build_cr_bio_n3
+from hub.transform.build.oru import write_oru
+from hub.transform.build.xdm import build_xdm, read_xdm
 from hub.transform.model import LabReport
-from hub.transform import mss
-from hub.transform.registry import Context, Steps, TransformOutcome
-from hub.transform.xdm import build_xdm, read_xdm
+from hub.transform.parse import metadata as md
+from hub.transform.parse.cda_info import CdaInfo, read_cda
+from hub.transform.parse.cisis import build_ack, read_cisis
+from hub.transform.parse.detect import classify
+from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru, read_patient
+from hub.transform.parse.hprim import parse_hprim_net, parse_hprim_sante
+from hub.transform.parse.mime import Part, walk
+from hub.transform.steps import Context, Steps, TransformOutcome
+from hub.transform.terminology.dates import now_ts
 
 V = "1.0"
 

@@ -2,7 +2,7 @@
 
 HPRIM Santé, HPRIM Net and HL7 v2 LAB-3 ORU all land in `LabReport`; the PDF chain lands in `DocumentMeta`.
 Plain frozen dataclasses: no parsing, no I/O, no settings. Dates are kept as the sender wrote them, normalised to
-`YYYYMMDD[HHMM[SS]]` digits (time zone added at CDA build time, see `hub.transform.cda_common.hl7_ts`).
+`YYYYMMDD[HHMM[SS]]` digits (time zone added at CDA build time, see `hub.transform.terminology.dates.cda_ts`).
 """
 
 from __future__ import annotations

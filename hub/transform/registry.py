@@ -10,91 +10,17 @@ can be produced (its `.steps` and `.validation` say why); any foreign exception 
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
 from types import MappingProxyType
+from typing import Any, Mapping
 
 from hub.errors import HubError, TransformError
 from hub.settings import TransformSection
-from hub.transform.loinc import LoincMap
-from hub.transform.xmlsafe import CdaValidator, SafeXml
+from hub.transform.chains import CHAINS
+from hub.transform.steps import Chain, Context, StepRecord, TransformOutcome
+from hub.transform.terminology.loinc import LoincMap
+from hub.transform.validate.xmlsafe import CdaValidator, SafeXml
 
-
-@dataclass(frozen=True)
-class StepRecord:
-    name: str
-    version: str
-    input_sha256: str
-    output_sha256: str
-    validation: str                    # "valid" | "invalid: <first error>" | "not_validated"
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TransformOutcome:
-    message: bytes
-    steps: list[StepRecord]
-    patient_ins: str | None = None     # for the audit's keyed hash only: never log it
-    patient_ins_oid: str | None = None
-    doc_codes: list[str] = field(default_factory=list)
-    recipients: list[str] = field(default_factory=list)
-    ack: bytes | None = None           # HL7 ACK to return to a CI-SIS sender
-
-    @property
-    def warnings(self) -> list[str]:
-        return [w for s in self.steps for w in s.warnings]
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything a chain may use; immutable, shared by every call."""
-    hub_oid: str
-    nil: str
-    validator: CdaValidator
-    xml: SafeXml
-    loinc: LoincMap
-    max_zip_entries: int
-    max_zip_expanded: int
-
-
-class Steps:
-    """Collects StepRecords while a chain runs."""
-
-    def __init__(self) -> None:
-        self.records: list[StepRecord] = []
-        # one output is the next step's input, one input may feed several steps: hash each once. Only the two
-        # latest are kept, so the chain's big intermediate buffers are not all pinned until it ends.
-        self._hashes: list[tuple[bytes, str]] = []
-
-    def sha256(self, data: bytes) -> str:
-        for known in self._hashes:
-            if known[0] is data:
-                self._hashes.remove(known)
-                self._hashes.append(known)
-                return known[1]
-        digest = hashlib.sha256(data).hexdigest()
-        self._hashes = [*self._hashes[-1:], (data, digest)]
-        return digest
-
-    def known(self, data: bytes, digest: str) -> None:
-        """The caller has already hashed `data` (hex SHA-256): reuse it."""
-        self._hashes = [*self._hashes[-1:], (data, digest)]
-
-    def add(self, name: str, version: str, data_in: bytes, data_out: bytes, validation: str = "not_validated",
-            warnings: list[str] | tuple[str, ...] = ()) -> None:
-        self.records.append(StepRecord(name, version, self.sha256(data_in), self.sha256(data_out), validation,
-                                       tuple(warnings)))
-
-    def fail(self, name: str, version: str, data_in: bytes, exc: TransformError) -> TransformError:
-        validation = getattr(exc, "validation", "") or f"invalid: {exc}"
-        self.records.append(StepRecord(name, version, self.sha256(data_in), "", validation, ()))
-        exc.steps = list(self.records)
-        exc.validation = validation
-        return exc
-
-
-Chain = Callable[[Context, bytes, Mapping[str, Any]], TransformOutcome]
+__all__ = ["Registry", "StepRecord", "TransformOutcome", "build_registry"]
 
 
 class Registry:
@@ -118,8 +44,6 @@ class Registry:
 
 
 def build_registry(settings: TransformSection, nil: str) -> Registry:
-    from hub.transform.chains import CHAINS
-
     context = Context(hub_oid=settings.hub_oid, nil=nil, validator=CdaValidator(settings.cda_schema),
                       xml=SafeXml(settings.max_xml_depth), loinc=LoincMap.from_file(settings.loinc_map),
                       max_zip_entries=settings.max_zip_entries, max_zip_expanded=settings.max_zip_expanded)

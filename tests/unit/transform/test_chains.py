@@ -16,8 +16,8 @@ from tx_support import NOW, V3, make_pdf, mail, sample
 from hub.errors import ParseError, TransformError
 from hub.settings import TransformSection
 from hub.transform import build_registry, detect
-from hub.transform.xdm import read_xdm
-from hub.transform.xmlsafe import SafeXml
+from hub.transform.build.xdm import read_xdm
+from hub.transform.validate.xmlsafe import SafeXml
 
 PARAMS = {"now": NOW}
 QUALIFIED = {"patient_ins": "279035121518989", "patient_ins_oid": "1.2.250.1.213.1.4.10",

@@ -8,10 +8,11 @@ import pytest
 from tx_support import sample
 
 from hub.errors import ParseError
-from hub.transform.cisis import build_ack, read_cisis
-from hub.transform.hl7v2 import parse_er7, read_lab_oru, read_patient, write_oru
-from hub.transform.hprim import parse_hprim_net, parse_hprim_sante
-from hub.transform.loinc import LoincMap, to_ucum
+from hub.transform.parse.cisis import build_ack, read_cisis
+from hub.transform.build.oru import write_oru
+from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru, read_patient
+from hub.transform.parse.hprim import parse_hprim_net, parse_hprim_sante
+from hub.transform.terminology.loinc import LoincMap, to_ucum
 
 
 def test_hprim_sante_sample_values():

@@ -16,8 +16,8 @@ from dataclasses import replace
 from email.message import EmailMessage
 
 from hub.errors import ParseError
-from hub.transform.dates import norm_ts
-from hub.transform.mime import header_text
+from hub.transform.terminology.dates import norm_ts
+from hub.transform.parse.mime import header_text
 from hub.transform.model import INS_OIDS, DocumentMeta, LabReport, Party, Patient, is_nir
 
 HEADERS = {

@@ -1,5 +1,5 @@
 """CDA R2 builders: the CI-SIS header ("Structuration minimale", FORMATS.md §4.2) and the N1 document (PDF in
-`nonXMLBody`). The N3 CR-BIO body lives in `hub.transform.cda_bio`.
+`nonXMLBody`). The N3 CR-BIO body lives in `hub.transform.build.cda_bio`.
 
 Documents are built from string templates with escaping (the fast path, see bench/transform.py), then parsed back
 (our own output: trusted parser) and validated against the compiled CDA schema by `finish`, which raises
@@ -16,9 +16,9 @@ from datetime import tzinfo
 from lxml import etree
 
 from hub.errors import TransformError
-from hub.transform.dates import cda_ts
+from hub.transform.terminology.dates import cda_ts
 from hub.transform.model import LOINC, OID_RPPS, OID_STRUCT, DocumentMeta, Party, Patient
-from hub.transform.xmlsafe import CdaValidator
+from hub.transform.validate.xmlsafe import CdaValidator
 
 T_HL7FR, T_CISIS, T_XDS_SD = "2.16.840.1.113883.2.8.2.1", "1.2.250.1.213.1.1.1.1", "1.3.6.1.4.1.19376.1.2.20"
 T_XDLAB, T_CRBIO = "1.3.6.1.4.1.19376.1.3.3", "1.2.250.1.213.1.1.1.55"

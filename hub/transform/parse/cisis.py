@@ -13,7 +13,7 @@ import binascii
 from dataclasses import dataclass
 
 from hub.errors import ParseError
-from hub.transform.hl7v2 import Er7, esc
+from hub.transform.parse.hl7v2 import Er7, esc
 
 STATUS = {"F": "initial", "C": "replace", "D": "delete"}
 MASKS = ("MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from hub.errors import ParseError
-from hub.transform.dates import decimal, decode_text, fr_date, is_decimal, norm_ts, split_range
+from hub.transform.terminology.dates import decimal, decode_text, fr_date, is_decimal, norm_ts, split_range
 from hub.transform.model import LabReport, Party, Patient, Result, is_nir
 
 _LINES = re.compile(r"\r\n|\r|\n")

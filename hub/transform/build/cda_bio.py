@@ -5,7 +5,7 @@ biologist (8+RPPS) and laboratory (1+FINESS), prescriber participant REF, order 
 `lab:statusCode`, encounter with responsible party. Body: one chapter section, one sub-chapter with a narrative table
 and one DRIV entry whose observations carry LOINC (or the local code system), UCUM PQ values, interpretationCode and
 IVL_PQ reference ranges; plus the FR-Document-PDF-copie section when a PDF rendering is given. Inputs are trusted
-model objects; the hub OID and time zone are arguments. Validation: `hub.transform.cda.finish`.
+model objects; the hub OID and time zone are arguments. Validation: `hub.transform.build.cda.finish`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 from datetime import tzinfo
 
-from hub.transform.cda import DOC_LABELS, T_CISIS, T_CRBIO, T_HL7FR, T_XDLAB, Header, encounter_xml, header_xml, org
-from hub.transform.cda import person_id, ts_el, x
-from hub.transform.dates import decimal, is_decimal
+from hub.transform.build.cda import DOC_LABELS, T_CISIS, T_CRBIO, T_HL7FR, T_XDLAB, Header, encounter_xml, header_xml, org
+from hub.transform.build.cda import person_id, ts_el, x
+from hub.transform.terminology.dates import decimal, is_decimal
 from hub.transform.model import LOINC, LabReport, Party, Result
 
 TITLE = "Compte rendu d'examens biologiques"
