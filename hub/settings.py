@@ -113,6 +113,10 @@ class TransformSection:
     max_zip_entries: int = 100
     max_zip_expanded: int = 104857600
     max_xml_depth: int = 256
+    schematron_dir: str = ""             # the ANS `schematrons` folder: every produced CDA is checked; empty: no check
+    value_sets: list[str] = field(default_factory=list)   # ANS value-set folders/files; empty: beside schematron_dir
+    on_nonconformant: str = "hold"       # a produced CDA failing an ANS assertion: hold (not sent) or warn (sent)
+    senders: str = ""                    # TOML file of sender profiles (FINESS, name, INS policy...) per account
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,9 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"setting directory.unresolved: expected reject or fallback, got {s.directory.unresolved!r}")
     if not s.hub.domains:
         raise ConfigError("setting hub.domains: at least one domain is needed")
+    if s.transform.on_nonconformant not in ("hold", "warn"):
+        raise ConfigError(f"setting transform.on_nonconformant: expected hold or warn, got "
+                          f"{s.transform.on_nonconformant!r}")
 
 
 def split_hostport(value: str) -> tuple[str, int]:

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from hub.errors import TransformError
+from hub.transform.parse.text import clean
+from hub.transform.senders import SenderProfiles
 from hub.transform.terminology.loinc import LoincMap
+from hub.transform.terminology.valuesets import ValueSets
+from hub.transform.validate.schematron import Schematrons
 from hub.transform.validate.xmlsafe import CdaValidator, SafeXml
 
 
@@ -49,6 +53,10 @@ class Context:
     loinc: LoincMap
     max_zip_entries: int
     max_zip_expanded: int
+    schematrons: Schematrons = field(default_factory=lambda: Schematrons(""))
+    value_sets: ValueSets = field(default_factory=ValueSets)
+    senders: SenderProfiles = field(default_factory=SenderProfiles)
+    on_nonconformant: str = "hold"     # "hold": a failed ANS assertion fails the chain; "warn": sent, with a warning
 
 
 class Steps:
@@ -76,11 +84,11 @@ class Steps:
 
     def add(self, name: str, version: str, data_in: bytes, data_out: bytes, validation: str = "not_validated",
             warnings: list[str] | tuple[str, ...] = ()) -> None:
-        self.records.append(StepRecord(name, version, self.sha256(data_in), self.sha256(data_out), validation,
-                                       tuple(warnings)))
+        self.records.append(StepRecord(name, version, self.sha256(data_in), self.sha256(data_out), clean(validation),
+                                       tuple(clean(w, 500) for w in warnings)))
 
     def fail(self, name: str, version: str, data_in: bytes, exc: TransformError) -> TransformError:
-        validation = getattr(exc, "validation", "") or f"invalid: {exc}"
+        validation = clean(getattr(exc, "validation", "") or f"invalid: {exc}")
         self.records.append(StepRecord(name, version, self.sha256(data_in), "", validation, ()))
         exc.steps = list(self.records)
         exc.validation = validation

@@ -74,6 +74,15 @@ def _hl7(head: bytes, whole: bytes | None) -> tuple[str, str, str]:
     cisis = b"CISIS_CDA_HL7" in first[20] if len(first) > 20 else False
     ed = re.search(rb"(?:^|[\r\n])OBX" + re.escape(fs) + rb"[^\r\n]*?" + re.escape(fs) + rb"ED" + re.escape(fs)
                    + rb"([^\r\n" + re.escape(fs) + rb"]*)", data)
+    cs = re.escape(text[4:5])
+    pdf = None
+    if ed:
+        rest = re.search(rb"[\r\n]", data[ed.end():])
+        line = data[ed.start():ed.end() + (rest.start() if rest else len(data))]
+        pdf = re.search(rb"(?i)" + cs + rb"(?:application|AP)?" + cs + rb"pdf" + cs + rb"base64" + cs, line)
+    if ed and pdf:
+        code = ed.group(1).split(text[4:5])[0].decode("latin-1")
+        return kind, code, "pdf"            # an MDM^T02 / ORU carrying a PDF: the PDF-letter chain's input
     if ed or cisis:
         code = ed.group(1).split(text[4:5])[0].decode("latin-1") if ed else ""
         return kind, code, "cisis"

@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass, replace
 
 from hub.errors import ParseError
-from hub.transform.terminology.dates import decimal, decode_text, is_decimal, norm_ts, split_range
-from hub.transform.model import INS_OIDS, LabReport, Party, Patient, Result, is_nir
+from hub.transform.model import INS_OIDS, Battery, LabReport, Party, Patient, Result, is_nir
+from hub.transform.parse.text import decode_text
+from hub.transform.terminology.dates import decimal, is_decimal, norm_ts, parse_range
 
 _SEGMENTS = re.compile(r"\r\n|\r|\n")
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_LOINC = re.compile(r"^\d{1,7}-\d$")
 MAX_SEGMENTS = 100_000
 
 
@@ -74,7 +76,7 @@ class Er7:
 def parse_er7(data: bytes) -> Er7:
     if not isinstance(data, (bytes, bytearray)):
         raise ParseError("HL7 v2: expected bytes")
-    text = decode_text(bytes(data)).lstrip("\x0b").rstrip("\x1c\r\n")
+    text = decode_text(bytes(data), "HL7 v2").lstrip("\x0b").rstrip("\x1c\r\n")
     if not text.startswith("MSH") or len(text) < 8:
         raise ParseError("HL7 v2: message must start with MSH and its encoding characters", where="line 1")
     fs = text[3]
@@ -93,7 +95,7 @@ def parse_er7(data: bytes) -> Er7:
         fields = line.split(fs)
         name = fields[0]
         if not _SEGMENT_ID.match(name):
-            raise ParseError(f"HL7 v2: not a segment: {line[:20]!r}", where=f"line {number}")
+            raise ParseError("HL7 v2: not a segment (no 3-character segment id)", where=f"line {number}")
         if name == "MSH":
             if segments:
                 raise ParseError("HL7 v2: second MSH segment (batches are not accepted)", where=f"line {number}")
@@ -108,27 +110,47 @@ def parse_er7(data: bytes) -> Er7:
 # ---------------------------------------------------------------- reading LAB-3 ORU
 
 def read_patient(msg: Er7) -> Patient:
+    """PID (IHE PAM France): PID-3 INS and IPP (with its OID); PID-5 `L` (birth name: 5.1 family, 5.2 first given
+    name, 5.3 all birth given names) and `D` (used name: family and used first name); PID-7 / 8; PID-11 home address
+    and birth place (address type `BDL`, 11.9 = INSEE COG code, 11.3 = city), or PID-23 as the birth city."""
     pid = msg.first("PID")
     if pid is None:
         raise ParseError("HL7 v2: no PID segment", where="PID")
-    ins = ins_oid = local = ""
+    ins = ins_oid = local = local_oid = ""
     for rep in msg.reps(pid.get(3)):
         cx = msg.comps(rep, 5)
-        authority = msg.subs(cx[3], 2)
+        authority = msg.subs(cx[3], 3)
         if cx[4] == "INS" or authority[1] in INS_OIDS:
             if not is_nir(cx[0]):
-                raise ParseError(f"INS {cx[0]!r} is not 15 characters", where=pid.where(3))
+                raise ParseError("INS is not 15 characters (NIR or NIA with its key)", where=pid.where(3))
             ins, ins_oid = cx[0], authority[1]
-        elif not local:
-            local = cx[0]
+        elif not local and cx[0]:
+            local, local_oid = cx[0], authority[1] if authority[2].upper() == "ISO" else ""
     names = [msg.comps(rep, 7) for rep in msg.reps(pid.get(5))] or [[""] * 7]
-    name = next((n for n in names if n[6] == "L"), names[0])
-    used = next((n for n in names if n[6] == "D"), name)
+    legal = next((n for n in names if n[6] == "L"), names[0])
+    used = next((n for n in names if n[6] == "D"), None)
+    first, listed = legal[1].strip(), " ".join(legal[2].split())
+    given = listed if listed.split(" ")[:1] == [first] or not first else " ".join(x for x in (first, listed) if x)
     sex = pid.get(8).upper()
     if sex not in ("", "M", "F", "U", "O", "A", "N"):
-        raise ParseError(f"invalid sex {sex!r}", where=pid.where(8))
-    return Patient(local_id=local, ins=ins, ins_oid=ins_oid, family=name[0], given=name[1], used_family=used[0],
-                   birth_date=norm_ts(pid.get(7), pid.where(7))[:8], sex=sex if sex in ("M", "F") else "U" if sex else "")
+        raise ParseError("invalid sex (HL7 table 0001)", where=pid.where(8))
+    address: tuple[str, ...] = ()
+    cog = city = ""
+    for rep in msg.reps(pid.get(11)):
+        xad = msg.comps(rep, 9)
+        if xad[6] == "BDL":
+            cog, city = xad[8].strip(), xad[2].strip()
+        elif not address:
+            address = tuple(x.strip() for x in (xad[0], xad[1], xad[4] + " " + xad[2] if xad[4] else xad[2])
+                            if x.strip())
+    if cog and not re.fullmatch(r"\d[\dAB]\d{3}", cog):
+        raise ParseError("birth place code (PID-11.9, address type BDL) is not an INSEE COG code", where=pid.where(11))
+    return Patient(local_id=local, local_id_oid=local_oid, ins=ins, ins_oid=ins_oid, family=legal[0].strip(),
+                   given=given, first_name=first, used_family=used[0].strip() if used else "",
+                   used_given=used[1].strip() if used else "",
+                   birth_date=norm_ts(pid.get(7), pid.where(7))[:8],
+                   sex=sex if sex in ("M", "F") else "U" if sex else "", address=address, birth_place_cog=cog,
+                   birth_place_city=city or msg.unescape(pid.get(23)).strip())
 
 
 def _xcn(msg: Er7, value: str) -> Party:
@@ -137,28 +159,53 @@ def _xcn(msg: Er7, value: str) -> Party:
     return Party(rpps=ident if len(ident) == 11 and ident.isdigit() else "", local_code=c[0], family=c[1], given=c[2])
 
 
+def _cnn(msg: Er7, value: str) -> Party:
+    """OBR-32 (NDL: its first component is a CNN whose parts are sub-components `id&family&given...`)."""
+    cnn = msg.subs(msg.comps(value)[0], 3)
+    return _xcn(msg, msg.cs.join(msg.unescape(x) for x in cnn[:3]))
+
+
+def _battery(msg: Er7, obr: Segment) -> Battery:
+    code = msg.comps(obr.get(4), 6)
+    if not code[0] or code[0] == "11502-2":       # no battery, or the document type itself
+        return Battery()
+    if code[2] == "LN" and _LOINC.match(code[0]):
+        return Battery(local_code=code[3], label=code[4] or code[1], loinc=code[0], loinc_label=code[1])
+    loinc = code[3] if code[5] == "LN" and _LOINC.match(code[3]) else ""
+    return Battery(local_code=code[0], label=code[1], loinc=loinc, loinc_label=code[4] if loinc else "")
+
+
 def read_lab_oru(msg: Er7) -> LabReport:
-    """Structured ORU^R01 (LAB-3): one OBX per analyte -> LabReport."""
+    """Structured ORU^R01 (LAB-3): `{OBR [NTE] {OBX [NTE]}}` after PID -> LabReport. Every OBR must carry at least
+    one OBX and every OBX its status (OBX-11, required): a message cut in transit is refused, never sent short."""
     patient = read_patient(msg)
-    obr = msg.first("OBR")
-    if obr is None:
-        raise ParseError("ORU^R01 without OBR", where="OBR")
+    obrs = msg.all("OBR")
+    if not obrs:
+        raise ParseError("ORU^R01 without OBR: the message is incomplete", where="OBR")
+    first = obrs[0]
     results: list[Result] = []
     comments: list[str] = []
+    batteries: list[Battery] = []
     org = Party(local_code=msg.comps(msg.msh.get(4))[0])
-    biologist = Party()
-    if obr.get(32):
-        cnn = msg.subs(msg.comps(obr.get(32))[0], 3)
-        biologist = _xcn(msg, msg.cs.join(cnn[:3]))
+    biologist = next((_cnn(msg, o.get(32)) for o in obrs if o.get(32)), Party())
     last = ""
+    counts: list[int] = []
     for seg in msg.segments:
-        if seg.name == "OBX":
-            results.append(_read_obx(msg, seg))
+        if seg.name == "OBR":
+            batteries.append(_battery(msg, seg))
+            counts.append(0)
+        elif seg.name == "OBX":
+            if not counts:
+                raise ParseError("OBX before any OBR", where=seg.where(1))
+            results.append(_read_obx(msg, seg, len(batteries)))
+            counts[-1] += 1
             xon = msg.comps(seg.get(23), 10)
             if xon[0] and not org.org_name:
                 ident = xon[9]
+                xad = msg.comps(seg.get(24), 6)
                 org = Party(local_code=org.local_code, org_name=xon[0],
-                            org_finess=ident[1:] if len(ident) == 10 and ident.startswith("1") else "")
+                            org_finess=ident[1:] if len(ident) == 10 and ident.startswith("1") else "",
+                            addr=tuple(x.strip() for x in (xad[0], f"{xad[4]} {xad[2]}".strip()) if x.strip()))
         elif seg.name == "NTE":
             text = msg.unescape(seg.get(3)).strip()
             if text and last == "OBX":
@@ -168,42 +215,71 @@ def read_lab_oru(msg: Er7) -> LabReport:
                 comments.append(text)
         if seg.name != "NTE":
             last = seg.name
-    if not results:
-        raise ParseError("ORU^R01 without OBX", where="OBX")
-    sender = Party(rpps=biologist.rpps, family=biologist.family, given=biologist.given,
-                   local_code=org.local_code, org_finess=org.org_finess, org_name=org.org_name)
-    return LabReport(patient=patient, sender=sender, requester=_xcn(msg, (msg.reps(obr.get(16)) or [""])[0]),
-                     order_id=msg.comps(obr.get(2))[0], lab_file=msg.comps(obr.get(3))[0],
-                     collected_at=norm_ts(obr.get(7), obr.where(7)), received_at=norm_ts(obr.get(14), obr.where(14)),
-                     report_date=norm_ts(obr.get(22), obr.where(22)) or norm_ts(msg.msh.get(7), "MSH[1].7"),
-                     results=tuple(results), comments=tuple(comments), status=obr.get(25) or "F", source="hl7_oru")
+    for obr, count in zip(obrs, counts):
+        if not count:
+            raise ParseError("OBR without any OBX: the message is incomplete (cut in transit?)", where=obr.where(1))
+    if not biologist.rpps and not biologist.family:
+        biologist = next((r.observer for r in results if r.observer is not None), Party())
+    sender = replace(org, rpps=biologist.rpps, family=biologist.family, given=biologist.given)
+    report_date = next((norm_ts(o.get(22), o.where(22)) for o in reversed(obrs) if o.get(22).strip()), "")
+    return LabReport(patient=patient, sender=sender, requester=_xcn(msg, (msg.reps(first.get(16)) or [""])[0]),
+                     order_id=msg.comps(first.get(2))[0], lab_file=msg.comps(first.get(3))[0],
+                     collected_at=norm_ts(first.get(7), first.where(7)),
+                     received_at=norm_ts(first.get(14), first.where(14)),
+                     report_date=report_date or norm_ts(msg.msh.get(7), "MSH[1].7"),
+                     results=tuple(results), comments=tuple(comments), status=first.get(25) or "F",
+                     source="hl7_oru", batteries=tuple(batteries))
 
 
-def _read_obx(msg: Er7, seg: Segment) -> Result:
+def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     kind = seg.get(2) or "ST"
     if kind == "ED":
         raise ParseError("ED observation in a structured ORU (CI-SIS CDA-in-HL7?)", where=seg.where(2))
-    code = msg.comps(seg.get(3), 3)
+    code = msg.comps(seg.get(3), 6)
     if not code[0]:
         raise ParseError("OBX without observation identifier", where=seg.where(3))
+    status = seg.get(11).strip().upper()
+    if not status:
+        raise ParseError("OBX-11 (result status, required) is empty: the message is incomplete (cut in transit?)",
+                         where=seg.where(11))
     value = msg.unescape(seg.get(5))
     if kind in ("CE", "CWE"):
         c = msg.comps(seg.get(5), 2)
         value = c[1] or c[0]
+    elif kind == "SN":
+        value = _sn(msg, seg)
     unit = msg.comps(seg.get(6), 3)
-    range_text = msg.unescape(seg.get(7))
-    low, high = split_range(range_text)
-    loinc = code[0] if code[2] == "LN" else ""
-    alt = msg.comps(seg.get(3), 6)
-    if not loinc and alt[5] == "LN":
-        loinc = alt[3]
-    local, label, system = (alt[3], alt[4] or code[1], alt[5]) if code[2] == "LN" and alt[3] else code
-    return Result(local_code=local, label=label, code_system=system or "L", loinc=loinc,
-                  loinc_label=code[1] if loinc == code[0] else alt[4], value=decimal(value)
-                  if kind == "NM" and is_decimal(value) else value, value_type=kind, unit=unit[0],
-                  ucum=unit[0] if unit[2] in ("UCUM", "ISO+") else "", range_low=low, range_high=high,
-                  range_text=range_text, flag=msg.comps(seg.get(8))[0], status=seg.get(11) or "F",
-                  observed_at=norm_ts(seg.get(14), seg.where(14)))
+    range_text = msg.unescape(seg.get(7)).strip()
+    low, high, low_open, high_open = parse_range(range_text)
+    if code[2] == "LN" and _LOINC.match(code[0]):            # LOINC first, local code as alternate
+        loinc, loinc_label = code[0], code[1]
+        local, label, system = (code[3], code[4] or code[1], code[5] or "L") if code[3] else code[:3]
+    else:
+        local, label, system = code[0], code[1], code[2]
+        loinc = code[3] if code[5] == "LN" and _LOINC.match(code[3]) else ""
+        loinc_label = code[4] if loinc else ""
+    observer = None
+    for n in (16, 25):
+        if seg.get(n).strip():
+            p = _xcn(msg, msg.reps(seg.get(n))[0])
+            if p.rpps or p.family:
+                observer = p
+                break
+    return Result(local_code=local, label=label, code_system=system or "L", loinc=loinc, loinc_label=loinc_label,
+                  value=decimal(value) if kind in ("NM", "SN") and is_decimal(value) else value, value_type=kind,
+                  unit=(unit[0] or unit[1]).strip(), range_low=low, range_high=high, range_low_open=low_open,
+                  range_high_open=high_open, range_text=range_text, flag=msg.comps(seg.get(8))[0], status=status,
+                  observed_at=norm_ts(seg.get(14), seg.where(14)), analysed_at=norm_ts(seg.get(19), seg.where(19)),
+                  battery=battery, observer=observer)
+
+
+def _sn(msg: Er7, seg: Segment) -> str:
+    """SN (structured numeric) `comparator^num1^separator^num2`: a plain number stays numeric, anything else
+    (`<^3`, `^1^:^40`) is kept as the laboratory wrote it, as text."""
+    c = msg.comps(seg.get(5), 4)
+    if not c[0] and not c[2] and is_decimal(c[1]):
+        return c[1]
+    return "".join(c).strip()
 
 
 # ---------------------------------------------------------------- escaping (ER7)

@@ -8,20 +8,23 @@ Output: one `LabReport` per patient. Malformed input raises `ParseError` with `w
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from hub.errors import ParseError
-from hub.transform.terminology.dates import decimal, decode_text, fr_date, is_decimal, norm_ts, split_range
-from hub.transform.model import LabReport, Party, Patient, Result, is_nir
+from hub.transform.model import Battery, LabReport, Party, Patient, Result, is_nir
+from hub.transform.parse.text import decode_text
+from hub.transform.terminology.dates import decimal, fr_date, is_decimal, norm_ts, parse_range
 
 _LINES = re.compile(r"\r\n|\r|\n")
 _RECORD = re.compile(r"^[A-Z][A-Z0-9]{0,2}$")
+_LOINC = re.compile(r"^\d{1,7}-\d$")
 MAX_LINES = 200_000
 
 
 def _lines(data: bytes) -> list[str]:
     if not isinstance(data, (bytes, bytearray)):
         raise ParseError("HPRIM: expected bytes")
-    lines = _LINES.split(decode_text(bytes(data)))
+    lines = _LINES.split(decode_text(bytes(data), "HPRIM"))
     if len(lines) > MAX_LINES:
         raise ParseError(f"HPRIM: more than {MAX_LINES} lines")
     return lines
@@ -63,12 +66,15 @@ class _Record:
         return f"{self.kind}[{self.occurrence}].{n}"
 
 
-def _records(data: bytes) -> tuple[_Delims, list[_Record]]:
+def _records(data: bytes) -> tuple[_Delims, list[_Record], int]:
+    """(delimiters, records with A continuations joined, number of non-empty lines)."""
     raw: list[tuple[int, str]] = []
     delims: _Delims | None = None
+    lines = 0
     for number, line in enumerate(_lines(data), 1):
         if not line.strip():
             continue
+        lines += 1
         if delims is None:
             delims = _Delims(line)
         if line.startswith("A" + delims.field):
@@ -86,106 +92,167 @@ def _records(data: bytes) -> tuple[_Delims, list[_Record]]:
         fields = line.split(delims.field)
         kind = fields[0]
         if not _RECORD.match(kind):
-            raise ParseError(f"HPRIM Santé: not a record: {line[:20]!r}", where=f"line {number}")
+            raise ParseError("HPRIM Santé: not a record (no record type before the first delimiter)",
+                             where=f"line {number}")
         counts[kind] = counts.get(kind, 0) + 1
         if kind == "H":   # H-2 is the delimiter field itself: shift so that fields[n] is H-n
             fields = ["H", "", *fields[1:]]
         records.append(_Record(kind, fields, number, counts[kind]))
-    return delims, records
+    return delims, records, lines
 
 
 def parse_hprim_sante(data: bytes) -> list[LabReport]:
-    """One LabReport per P record."""
-    d, records = _records(data)
+    """One LabReport per P record. The file must be provably complete: it ends with its L record (whose P-record
+    and line counts, when the sender gives them, must agree), every P has an OBR and every OBR at least one OBX."""
+    d, records, lines = _records(data)
     header = records[0]
-    sender_c = d.comps(header.get(5))
+    sender_c = d.comps(header.get(5)) + [""]
     receiver_c = d.comps(header.get(10)) + [""]
     file_date = norm_ts(header.get(14), header.where(14))
-    sender = Party(local_code=sender_c[0], org_name=sender_c[1] if len(sender_c) > 1 else "")
-    receiver = Party(local_code=receiver_c[0], family=receiver_c[1])
     reports: list[dict] = []
     current: dict | None = None
     last: str = ""
+    end: _Record | None = None
     for rec in records[1:]:
+        if end is not None:
+            raise ParseError("HPRIM Santé: record after the L (end) record", where=f"line {rec.line}")
         if rec.kind == "P":
-            current = {"patient": _patient(d, rec), "results": [], "comments": [], "obr": None}
+            current = {"patient": _patient(d, rec), "obrs": [], "comments": [], "line": rec.line}
             reports.append(current)
         elif rec.kind == "OBR":
             if current is None:
                 raise ParseError("OBR before any P record", where=f"line {rec.line}")
-            current["obr"] = rec
+            current["obrs"].append({"rec": rec, "results": []})
         elif rec.kind == "OBX":
-            if current is None or current["obr"] is None:
+            if current is None or not current["obrs"]:
                 raise ParseError("OBX before any OBR record", where=f"line {rec.line}")
-            current["results"].append(_result(d, rec))
+            current["obrs"][-1]["results"].append(_result(d, rec, len(current["obrs"])))
         elif rec.kind == "C":
             text = d.unescape(rec.get(3)).strip()
             if current is not None and text:
-                if last == "OBX" and current["results"]:
-                    res = current["results"][-1]
+                results = current["obrs"][-1]["results"] if current["obrs"] else []
+                if last == "OBX" and results:
+                    res = results[-1]
                     res["comments"] = (*res["comments"], text)
                 else:
                     current["comments"].append(text)
         elif rec.kind == "L":
-            break
-        last = rec.kind
+            end = rec
+        last = rec.kind if rec.kind != "C" else last
+    if end is None:
+        raise ParseError("HPRIM Santé: no L (end) record: the file is incomplete (cut in transit?)",
+                         where=f"line {records[-1].line}")
     if not reports:
         raise ParseError("HPRIM Santé: no P (patient) record", where="P")
+    _check_counts(end, len(reports), records, lines)
     out = []
     for rep in reports:
-        obr: _Record | None = rep["obr"]
-        requester = Party()
-        order = collected = received = ""
-        status = "F"
-        biologist = Party()
-        if obr is not None:
-            order = [c for c in d.comps(obr.get(3)) if c][:1] or [c for c in d.comps(obr.get(2)) if c][:1] or [""]
-            order = order[0]
-            collected = norm_ts(obr.get(7), obr.where(7))
-            received = norm_ts(obr.get(14), obr.where(14))
-            req = d.comps(obr.get(16)) + [""]
-            requester = Party(local_code=req[0], family=req[1])
-            status = obr.get(25) or "F"
-            bio = d.comps(obr.get(32)) + ["", ""]
-            biologist = Party(local_code=bio[0], family=bio[1], given=bio[2])
-        out.append(LabReport(
-            patient=rep["patient"],
-            sender=Party(local_code=sender.local_code, org_name=sender.org_name, family=biologist.family,
-                         given=biologist.given),
-            requester=requester, receiver=receiver, order_id=order, lab_file=rep["patient"].local_id,
-            collected_at=collected, received_at=received, report_date=file_date,
-            results=tuple(Result(**r) for r in rep["results"]), comments=tuple(rep["comments"]),
-            status=status, source="hprim_sante"))
+        if not rep["obrs"]:
+            raise ParseError("HPRIM Santé: a patient without any request (OBR): the file is incomplete",
+                             where=f"line {rep['line']}")
+        for obr in rep["obrs"]:
+            if not obr["results"]:
+                raise ParseError("HPRIM Santé: a request (OBR) without any result (OBX): the file is incomplete",
+                                 where=f"line {obr['rec'].line}")
+        out.append(_report(d, rep, sender_c, receiver_c, file_date))
     return out
 
 
+def _check_counts(end: "_Record", patients: int, records: list["_Record"], lines: int) -> None:
+    declared_p, declared_lines = end.get(4).strip(), end.get(5).strip()
+    if declared_p.isdigit() and int(declared_p) != patients:
+        raise ParseError(f"HPRIM Santé: the L record declares {int(declared_p)} patient(s), the file has {patients}: "
+                         "the file is incomplete", where=end.where(4))
+    if declared_lines.isdigit():
+        # senders count the records, or the lines; with or without H and L: any of these agreeing is complete
+        counts = {len(records), len(records) - 1, len(records) - 2, lines, lines - 1, lines - 2}
+        if int(declared_lines) not in counts:
+            raise ParseError(f"HPRIM Santé: the L record declares {int(declared_lines)} lines, the file has "
+                             f"{lines}: the file is incomplete", where=end.where(5))
+
+
+def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], file_date: str) -> LabReport:
+    first: _Record = rep["obrs"][0]["rec"]
+    order = [c for c in d.comps(first.get(3)) if c][:1] or [c for c in d.comps(first.get(2)) if c][:1] or [""]
+    req = d.comps(first.get(16)) + ["", ""]
+    biologist = _biologist(d, next((o["rec"] for o in rep["obrs"] if o["rec"].get(32)), first))
+    batteries, results = [], []
+    for n, obr in enumerate(rep["obrs"], 1):
+        batteries.append(_battery(d, obr["rec"]))
+        results.extend(Result(**r) for r in obr["results"])
+    report_date = next((norm_ts(o["rec"].get(22), o["rec"].where(22)) for o in reversed(rep["obrs"])
+                        if o["rec"].get(22).strip()), "") or file_date
+    return LabReport(
+        patient=rep["patient"],
+        sender=replace(biologist, local_code=sender_c[0], org_name=sender_c[1]),
+        requester=_xcn(d, first.get(16)), receiver=Party(local_code=receiver_c[0], family=receiver_c[1]),
+        order_id=order[0], lab_file=rep["patient"].local_id,
+        collected_at=norm_ts(first.get(7), first.where(7)), received_at=norm_ts(first.get(14), first.where(14)),
+        report_date=report_date, results=tuple(results), comments=tuple(rep["comments"]),
+        status=first.get(25) or "F", source="hprim_sante", batteries=tuple(batteries))
+
+
+def _xcn(d: _Delims, value: str) -> Party:
+    """`id~family~given...`: RPPS when the id is 11 digits (or 12 with the leading 8)."""
+    c = d.comps(value) + ["", "", ""]
+    ident = c[0].strip()
+    rpps = ident[1:] if len(ident) == 12 and ident.startswith("8") and ident.isdigit() else ident
+    return Party(rpps=rpps if len(rpps) == 11 and rpps.isdigit() else "", local_code=ident,
+                 family=c[1].strip(), given=c[2].strip())
+
+
+def _biologist(d: _Delims, obr: "_Record") -> Party:
+    """OBR-32 (validating biologist) `id~family~given`."""
+    return _xcn(d, obr.get(32))
+
+
+def _battery(d: _Delims, obr: "_Record") -> Battery:
+    """OBR-4, when it names one test (`code~label~system[~altcode~altlabel~LN]`): the battery of this request."""
+    reps = [r for r in obr.get(4).split(d.rep) if r.strip()]
+    if len(reps) != 1:
+        return Battery()
+    c = d.comps(reps[0]) + [""] * 6
+    loinc, label = (c[0], c[1]) if c[2] == "LN" else (c[3], c[4]) if c[5] == "LN" else ("", "")
+    return Battery(local_code=c[0], label=c[1], loinc=loinc if _LOINC.match(loinc) else "", loinc_label=label)
+
+
 def _patient(d: _Delims, rec: _Record) -> Patient:
-    name = d.comps(rec.get(5)) + [""]
+    name = d.comps(rec.get(5)) + ["", ""]
     birth_name = d.comps(rec.get(6))[0]
     sex = rec.get(8).strip().upper()
     if sex not in ("", "M", "F", "U"):
-        raise ParseError(f"invalid sex {sex!r}", where=rec.where(8))
+        raise ParseError("invalid sex (expected M, F or U)", where=rec.where(8))
     nir = re.sub(r"\s", "", rec.get(4))
     family = (birth_name or name[0]).strip()
+    first, others = name[1].strip(), name[2].strip()
     return Patient(local_id=rec.get(3) or rec.get(2), ins=nir if is_nir(nir) else "",
-                   family=family, given=name[1].strip(), used_family=name[0].strip(),
-                   birth_date=norm_ts(rec.get(7), rec.where(7)), sex=sex,
+                   family=family, given=" ".join(x for x in (first, others) if x), first_name=first,
+                   used_family=name[0].strip(), birth_date=norm_ts(rec.get(7), rec.where(7)), sex=sex,
                    address=tuple(c for c in d.comps(rec.get(10)) if c))
 
 
-def _result(d: _Delims, rec: _Record) -> dict:
-    code = d.comps(rec.get(3)) + ["", ""]
+def _result(d: _Delims, rec: _Record, battery: int) -> dict:
+    code = d.comps(rec.get(3)) + [""] * 6
     if not code[0]:
         raise ParseError("OBX without analyte code", where=rec.where(3))
     kind = rec.get(2) or "ST"
     value = d.unescape(rec.get(5))
-    range_text = d.unescape(rec.get(7))
-    low, high = split_range(range_text)
-    return {"local_code": code[0], "label": code[1], "code_system": code[2] or "L",
+    range_text = d.unescape(rec.get(7)).strip()
+    low, high, low_open, high_open = parse_range(range_text)
+    loinc, loinc_label = "", ""
+    local, label, system = code[0], code[1], code[2] or "L"
+    if system == "LN" and _LOINC.match(code[0]):          # LOINC first, the local code as alternate
+        loinc, loinc_label = code[0], code[1]
+        if code[3]:
+            local, label, system = code[3], code[4] or code[1], code[5] or "L"
+    elif code[5] == "LN" and _LOINC.match(code[3]):       # local first, LOINC as alternate (components 4-6)
+        loinc, loinc_label = code[3], code[4]
+    return {"local_code": local, "label": label, "code_system": system, "loinc": loinc, "loinc_label": loinc_label,
             "value": decimal(value) if kind == "NM" and is_decimal(value) else value,
-            "value_type": kind, "unit": d.unescape(rec.get(6)), "range_low": low, "range_high": high,
+            "value_type": kind, "unit": d.unescape(rec.get(6)).strip(), "range_low": low, "range_high": high,
+            "range_low_open": low_open, "range_high_open": high_open,
             "range_text": range_text, "flag": rec.get(8).strip(), "status": rec.get(11) or "F",
-            "observed_at": norm_ts(rec.get(14), rec.where(14)), "comments": ()}
+            "observed_at": norm_ts(rec.get(14), rec.where(14)), "comments": (), "battery": battery}
 
 
 # ---------------------------------------------------------------- HPRIM Net
@@ -222,7 +289,7 @@ def _net_block(lines: list[str], start: int) -> tuple[int, LabReport]:
     sex = {"1": "M", "2": "F"}.get(nir[:1], "") if len(nir) in (13, 15) else ""
     postcode, _, city = h[5].partition(" ")
     patient = Patient(local_id=h[0], ins=nir if is_nir(nir) else "", family=h[1],
-                      given=h[2], used_family=h[1], birth_date=birth, sex=sex,
+                      given=h[2], first_name=h[2].split(" ")[0], used_family=h[1], birth_date=birth, sex=sex,
                       address=tuple(x for x in (h[3], h[4], city.strip(), postcode) if x))
     raw_sender, raw_receiver = lines[start + 10], lines[start + 11]
     sender = Party(local_code=raw_sender[:10].strip(), org_name=raw_sender[10:].strip())
@@ -249,9 +316,12 @@ def _net_block(lines: list[str], start: int) -> tuple[int, LabReport]:
         elif in_lab and line.startswith("RES|"):
             results.append(_net_result(line, where))
         elif in_lab and line.strip():
-            raise ParseError(f"HPRIM Net: unexpected line in ****LAB**** block: {line[:20]!r}", where=where)
+            raise ParseError("HPRIM Net: unexpected line in the ****LAB**** block (not TEX| nor RES|)", where=where)
     else:
-        raise ParseError("HPRIM Net: missing ****FIN****", where=f"line {len(lines)}")
+        raise ParseError("HPRIM Net: missing ****FIN****: the file is incomplete (cut in transit?)",
+                         where=f"line {len(lines)}")
+    if not results:
+        raise ParseError("HPRIM Net: a patient block without any result (RES line)", where=f"line {start + 1}")
     report = LabReport(patient=patient, sender=sender, receiver=receiver, lab_file=h[8], order_id=h[8],
                        report_date=report_date, results=tuple(results), comments=tuple(comments),
                        source="hprim_net")
@@ -259,18 +329,42 @@ def _net_block(lines: list[str], start: int) -> tuple[int, LabReport]:
 
 
 def _net_result(line: str, where: str) -> Result:
+    """`RES|label|code|type|value|unit|low|high|flag|status|value2|unit2|low2|high2`. A bound may be written
+    `<3.0` or `>60` (in either field), or the low field may hold the whole range (`4,1-5,9`)."""
     f = line.split("|")[1:]
     if len(f) < 4 or len(f) > 13:
         raise ParseError(f"HPRIM Net: RES line has {len(f)} fields (expected 4 to 13)", where=where)
     f += [""] * (13 - len(f))
-    label, code, kind, value, unit, low, high, flag, status = (x.strip() for x in f[:9])
+    label, code, kind, value, unit, low, high, flag, status, value2, unit2, low2, high2 = (x.strip() for x in f)
     if not code:
         raise ParseError("HPRIM Net: RES line without code", where=f"{where}, field 2")
     vtype = _NET_TYPES.get(kind, "ST")
-    for n, bound in ((6, low), (7, high)):
-        if bound and not is_decimal(bound):
-            raise ParseError(f"HPRIM Net: normal bound {bound!r} is not a number", where=f"{where}, field {n}")
+    lo, hi, lo_open, hi_open, text = _net_range(low, high, where, 6)
+    lo2, hi2, _, _, _ = _net_range(low2, high2, where, 12)
     return Result(local_code=code, label=label, value=decimal(value) if vtype == "NM" and is_decimal(value) else value,
-                  value_type=vtype, unit=unit, range_low=decimal(low) if low else "",
-                  range_high=decimal(high) if high else "",
-                  range_text=f"{low} - {high}" if low and high else "", flag=flag, status=status or "F")
+                  value_type=vtype, unit=unit, range_low=lo, range_high=hi, range_low_open=lo_open,
+                  range_high_open=hi_open, range_text=text, flag=flag, status=status or "F",
+                  value2=decimal(value2) if is_decimal(value2) else value2, unit2=unit2, range2_low=lo2,
+                  range2_high=hi2)
+
+
+def _net_range(low: str, high: str, where: str, field: int) -> tuple[str, str, bool, bool, str]:
+    """(low, high, low_open, high_open, text as written) from the two bound fields."""
+    if not low and not high:
+        return "", "", False, False, ""
+    text = f"{low} - {high}" if low and high else low or high
+    lo = hi = ""
+    lo_open = hi_open = False
+    for n, bound in ((field, low), (field + 1, high)):
+        if not bound:
+            continue
+        if is_decimal(bound):
+            lo, hi = (decimal(bound), hi) if n == field else (lo, decimal(bound))
+            continue
+        r_lo, r_hi, r_lo_open, r_hi_open = parse_range(bound)
+        if not (r_lo or r_hi):
+            raise ParseError("HPRIM Net: a normal bound is neither a number nor a range like <3.0 or >60",
+                             where=f"{where}, field {n}")
+        lo, hi = r_lo or lo, r_hi or hi
+        lo_open, hi_open = lo_open or r_lo_open, hi_open or r_hi_open
+    return lo, hi, lo_open, hi_open, text

@@ -1,0 +1,214 @@
+"""ANS CI-SIS schematron validation (the official rules, run by SaxonC-HE).
+
+The rules are the ANS files in a folder the operator names (setting `transform.schematron_dir`: the
+`ansforge/schematrons` folder, e.g. `../shared/schematrons/ansforge/schematrons`); nothing of them is copied into
+the hub. The engine is the ISO Schematron XSLT1 skeleton that ships inside the `lxml` wheel
+(`lxml/isoschematron/resources/xsl/iso-schematron-xslt1/`: include -> abstract expand -> svrl), run by `saxonche`,
+with three in-memory adjustments (no file is edited): the schema's `queryBinding="xslt2"` is read as `xslt`, the
+skeleton's `attributes` parameter is `false` (SaxonC cannot compile the CR-BIO rules otherwise), and the generated
+stylesheet is marked version 2.0 (its rules use XPath 2 functions).
+
+`Schematrons(folder)` compiles nothing until a set is first used, then keeps the compiled validators for the life
+of the process (compiling the CR-BIO set costs a few seconds; running it on a document, a few milliseconds).
+`check(cda_bytes, template_ids)` picks the volet and profile sets that apply to the document from its templateIds and
+returns a `Conformance`: the failed assertions with their rule id, schematron and location (an XPath), never the
+text of the document. Thread-safe: each thread runs its own clone of a compiled validator.
+
+Trusts its input: the documents are the hub's own output, or senders' CDAs already parsed by `SafeXml`. A rules
+folder that is missing or does not compile is a ConfigError naming it (start-up check).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from hub.errors import ConfigError
+
+# the sets of rules, by file, relative to the `schematrons` folder of the ANS repository
+CRBIO = "CI-SIS_BIO-CR-BIO_2024.01.sch"
+LDLSES = "CI-SIS_LDL-SES_2022.01.sch"
+PROFILES = ("profils/CI-SIS_ModelesDeContenusCDA.sch", "profils/IHE.sch", "profils/CI-SIS_Modeles_ANS.sch",
+            "profils/structurationMinimale/ASIP-STRUCT-MIN-StrucMin.sch")
+T_CRBIO, T_LDLSES, LETTER = "1.2.250.1.213.1.1.1.55", "1.2.250.1.213.1.1.1.29", "11490-0"
+SKELETON = Path(etree.__file__).parent / "isoschematron" / "resources" / "xsl" / "iso-schematron-xslt1"
+SVRL = "http://purl.oclc.org/dsdl/svrl"
+_QUERY_BINDING = re.compile(r'(<(?:\w+:)?schema\b[^>]*?\squeryBinding\s*=\s*)"xslt2"', re.S)
+_VERSION = re.compile(r'(<(?:xsl:)?stylesheet\b[^>]*?\sversion\s*=\s*)"1\.0"', re.S)
+_TEXT = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Failure:
+    schematron: str            # file name of the set, e.g. "CI-SIS_BIO-CR-BIO_2024.01.sch"
+    rule: str                  # the assertion's id, or its pattern's, or its test when it has neither
+    location: str              # XPath of the node the rule fired on
+    role: str = ""             # "error", "warning"... as the ANS wrote it ("" = error)
+    message: str = ""          # the ANS message (the rule's text; it may quote values of the document)
+
+    def brief(self) -> str:
+        """Rule id and location only: what the audit trail records (no value of the document)."""
+        return f"{self.schematron}:{self.rule} at {self.location}"
+
+
+@dataclass(frozen=True)
+class Conformance:
+    checked: tuple[str, ...]            # the sets run
+    failures: tuple[Failure, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        if not self.checked:
+            return "not_checked"
+        if self.ok:
+            return f"conformant ({len(self.checked)} schematrons)"
+        return f"{len(self.failures)} failed assertion(s): " + "; ".join(f.brief() for f in self.failures[:5]) + (
+            " ..." if len(self.failures) > 5 else "")
+
+
+def sets_for(template_ids: tuple[str, ...] | list[str], code: str = "") -> tuple[str, ...]:
+    """The schematrons that apply to a CDA with these header templateIds and document code: its volet (CR-BIO N3;
+    LDL-SES for letters, N1 or N3) and the profiles (every CI-SIS document)."""
+    volet: tuple[str, ...] = ()
+    if T_CRBIO in template_ids:
+        volet = (CRBIO,)
+    elif T_LDLSES in template_ids or code == LETTER:
+        volet = (LDLSES,)
+    return volet + PROFILES
+
+
+class _Compiled:
+    """One compiled schematron: the SaxonC executable, cloned per thread."""
+
+    def __init__(self, name: str, executable) -> None:
+        self.name = name
+        self._executable = executable
+        self._local = threading.local()
+
+    def executable(self):
+        exe = getattr(self._local, "exe", None)
+        if exe is None:
+            exe = self._local.exe = self._executable.clone()
+        return exe
+
+
+class Schematrons:
+    """The compiled ANS schematrons of one rules folder. Build once per process (the registry does)."""
+
+    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None):
+        self.folder = Path(folder) if folder else None
+        self._compiled: dict[str, _Compiled] = {}
+        self._lock = threading.Lock()
+        self._proc = None
+        if self.folder is None:
+            return
+        for name in sets or (CRBIO, LDLSES, *PROFILES):
+            if not (self.folder / name).is_file():
+                raise ConfigError(f"transform.schematron_dir: {self.folder / name} not found "
+                                  "(expected the ANS `schematrons` folder)")
+        try:
+            import saxonche  # noqa: F401
+        except ImportError:
+            raise ConfigError("transform.schematron_dir is set but the saxonche package is not installed") from None
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def _processor(self):
+        if self._proc is None:
+            from saxonche import PySaxonProcessor
+
+            self._proc = PySaxonProcessor(license=False)
+        return self._proc
+
+    def compiled(self, name: str) -> _Compiled:
+        found = self._compiled.get(name)
+        if found is not None:
+            return found
+        with self._lock:                       # compile once, whatever the number of threads asking
+            found = self._compiled.get(name)
+            if found is None:
+                found = self._compiled[name] = _Compiled(name, self._compile(name))
+        return found
+
+    def warm(self, names: tuple[str, ...] | None = None) -> None:
+        """Compile every set now (start-up), so that no document waits for it."""
+        for name in names or (CRBIO, LDLSES, *PROFILES):
+            self.compiled(name)
+
+    def _compile(self, name: str):
+        from saxonche import PySaxonApiError
+
+        assert self.folder is not None
+        path = (self.folder / name).resolve()
+        proc = self._processor()
+        xslt = proc.new_xslt30_processor()
+        try:
+            text = path.read_text(encoding="utf-8")
+            text = _QUERY_BINDING.sub(r'\1"xslt"', text, count=1)
+            builder = proc.new_document_builder()
+            builder.set_base_uri(path.as_uri())
+            node = builder.parse_xml(xml_text=text)
+            for step in ("iso_dsdl_include.xsl", "iso_abstract_expand.xsl"):
+                exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / step))
+                node = _reparse(proc, exe.transform_to_string(xdm_node=node), path)
+            exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / "iso_svrl_for_xslt1.xsl"))
+            exe.set_parameter("attributes", proc.make_string_value("false"))
+            generated = _VERSION.sub(r'\1"2.0"', exe.transform_to_string(xdm_node=node), count=1)
+            return xslt.compile_stylesheet(stylesheet_node=_reparse(proc, generated, path))
+        except (OSError, UnicodeDecodeError, PySaxonApiError) as exc:
+            raise ConfigError(f"transform.schematron_dir: {path} does not compile: {_line(str(exc))}") from None
+
+    def check(self, cda: bytes | str, template_ids: tuple[str, ...] | list[str], code: str = "") -> Conformance:
+        """Run the sets that apply to this document. The CDA is well-formed XML (the caller parsed it)."""
+        if self.folder is None:
+            return Conformance((), ())
+        names = sets_for(template_ids, code)
+        proc = self._processor()
+        node = proc.parse_xml(xml_text=cda.decode("utf-8")) if isinstance(cda, bytes) else proc.parse_xml(
+            xml_text=cda)
+        failures: list[Failure] = []
+        for name in names:
+            svrl = self.compiled(name).executable().transform_to_string(xdm_node=node)
+            failures.extend(_failures(name, svrl))
+        return Conformance(names, tuple(failures))
+
+
+def _reparse(proc, text: str, base: Path):
+    builder = proc.new_document_builder()
+    builder.set_base_uri(base.as_uri())
+    return builder.parse_xml(xml_text=text)
+
+
+def _line(text: str) -> str:
+    return _TEXT.sub(" ", text).strip()[:300]
+
+
+_SVRL_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+
+
+def _failures(name: str, svrl: str) -> list[Failure]:
+    root = etree.fromstring(svrl.encode("utf-8"), _SVRL_PARSER)
+    out = []
+    pattern = ""
+    short = os.path.basename(name)
+    for el in root:
+        if not isinstance(el.tag, str):
+            continue
+        tag = etree.QName(el).localname
+        if tag == "active-pattern":
+            pattern = el.get("id") or el.get("name") or ""
+        elif tag == "failed-assert":
+            text = el.find(f"{{{SVRL}}}text")
+            out.append(Failure(short, el.get("id") or pattern or el.get("test") or "", el.get("location") or "",
+                               el.get("role") or "", _line("".join(text.itertext())) if text is not None else ""))
+    return out
