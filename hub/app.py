@@ -130,6 +130,7 @@ class Hub:
 
         s = self.settings
         self.registry = build_registry(s.transform, s.hub.nil)
+        await asyncio.to_thread(self.registry.context.schematrons.warm)   # compiled once, before traffic
         self.rules = RulesService(s.rules, self.registry.names(), version_gauge=obs.RULES_VERSION,
                                   error_gauge=obs.RULES_FAILED)
         async with self.pool.acquire() as conn:

@@ -22,6 +22,16 @@ LOINC = "2.16.840.1.113883.6.1"
 _NIR = re.compile(r"[1-478]\d{4}(?:\d{2}|2[AB])\d{8}")
 
 
+def birth_given_names(first: str, listed: str) -> str:
+    """All birth given names from the first one and the list a sender gives beside it (HL7 PID-5.3, HPRIM P-5.3):
+    the list already starts with the first given name in the French profiles; when it does not, it holds the
+    other names."""
+    first, listed = first.strip(), " ".join(listed.split())
+    if not listed or listed.split(" ")[0] == first or not first:
+        return listed or first
+    return f"{first} {listed}"
+
+
 def is_nir(value: str) -> bool:
     """15-character NIR/NIA shape (sex, year, month, department incl. 2A/2B, commune, order, key)."""
     return bool(_NIR.fullmatch(value))

@@ -18,7 +18,7 @@ Inputs are trusted model objects; the hub OID, time zone and value sets are argu
 
 from __future__ import annotations
 
-import base64
+from dataclasses import replace
 from datetime import tzinfo
 
 from hub.transform.build.cda import (DOC_LABELS, T_CISIS, T_CRBIO, T_HL7FR, T_XDLAB, Header, addr_xml, coded,
@@ -124,7 +124,9 @@ def _observation(res: Result, n: int, when: str, local_system: str, tz: tzinfo, 
     flag = res.flag.upper()
     interp = (f'<interpretationCode code="{x(flag)}" displayName="{INTERPRETATION[flag]}" '
               f'codeSystem="2.16.840.1.113883.5.83"/>' if flag in INTERPRETATION else "")
-    performer = _lab_performer(res.observer or lab, res.analysed_at, tz, vs, setting) if res.analysed_at else ""
+    who = lab if res.observer is None else replace(lab, rpps=res.observer.rpps, family=res.observer.family,
+                                                   given=res.observer.given)
+    performer = _lab_performer(who, res.analysed_at, tz, vs, setting) if res.analysed_at else ""
     notes = "".join(_comment(f"res-{n}-c{k}") for k in range(1, len(res.comments) + 1))
     return ('<entryRelationship typeCode="COMP"><observation classCode="OBS" moodCode="EVN">'
             '<templateId root="1.3.6.1.4.1.19376.1.3.1.6"/><templateId root="1.2.250.1.213.1.1.3.80"/>'

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from hub.errors import ParseError
-from hub.transform.model import INS_OIDS, Battery, LabReport, Party, Patient, Result, is_nir
+from hub.transform.model import INS_OIDS, Battery, LabReport, Party, Patient, Result, birth_given_names, is_nir
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, is_decimal, norm_ts, parse_range
 
@@ -129,8 +129,8 @@ def read_patient(msg: Er7) -> Patient:
     names = [msg.comps(rep, 7) for rep in msg.reps(pid.get(5))] or [[""] * 7]
     legal = next((n for n in names if n[6] == "L"), names[0])
     used = next((n for n in names if n[6] == "D"), None)
-    first, listed = legal[1].strip(), " ".join(legal[2].split())
-    given = listed if listed.split(" ")[:1] == [first] or not first else " ".join(x for x in (first, listed) if x)
+    first = legal[1].strip()
+    given = birth_given_names(first, legal[2])
     sex = pid.get(8).upper()
     if sex not in ("", "M", "F", "U", "O", "A", "N"):
         raise ParseError("invalid sex (HL7 table 0001)", where=pid.where(8))
@@ -253,7 +253,7 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     low, high, low_open, high_open = parse_range(range_text)
     if code[2] == "LN" and _LOINC.match(code[0]):            # LOINC first, local code as alternate
         loinc, loinc_label = code[0], code[1]
-        local, label, system = (code[3], code[4] or code[1], code[5] or "L") if code[3] else code[:3]
+        local, label, system = (code[3], code[4] or code[1], code[5] or "L") if code[3] else ("", code[1], "")
     else:
         local, label, system = code[0], code[1], code[2]
         loinc = code[3] if code[5] == "LN" and _LOINC.match(code[3]) else ""

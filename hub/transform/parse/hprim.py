@@ -11,7 +11,7 @@ import re
 from dataclasses import replace
 
 from hub.errors import ParseError
-from hub.transform.model import Battery, LabReport, Party, Patient, Result, is_nir
+from hub.transform.model import Battery, LabReport, Party, Patient, Result, birth_given_names, is_nir
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, fr_date, is_decimal, norm_ts, parse_range
 
@@ -159,16 +159,16 @@ def parse_hprim_sante(data: bytes) -> list[LabReport]:
 
 
 def _check_counts(end: "_Record", patients: int, records: list["_Record"], lines: int) -> None:
-    declared_p, declared_lines = end.get(4).strip(), end.get(5).strip()
+    declared_p, declared_lines = end.get(3).strip(), end.get(4).strip()     # L|seq||patients|lines
     if declared_p.isdigit() and int(declared_p) != patients:
         raise ParseError(f"HPRIM Santé: the L record declares {int(declared_p)} patient(s), the file has {patients}: "
-                         "the file is incomplete", where=end.where(4))
+                         "the file is incomplete", where=end.where(3))
     if declared_lines.isdigit():
         # senders count the records, or the lines; with or without H and L: any of these agreeing is complete
         counts = {len(records), len(records) - 1, len(records) - 2, lines, lines - 1, lines - 2}
         if int(declared_lines) not in counts:
             raise ParseError(f"HPRIM Santé: the L record declares {int(declared_lines)} lines, the file has "
-                             f"{lines}: the file is incomplete", where=end.where(5))
+                             f"{lines}: the file is incomplete", where=end.where(4))
 
 
 def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], file_date: str) -> LabReport:
@@ -224,11 +224,13 @@ def _patient(d: _Delims, rec: _Record) -> Patient:
         raise ParseError("invalid sex (expected M, F or U)", where=rec.where(8))
     nir = re.sub(r"\s", "", rec.get(4))
     family = (birth_name or name[0]).strip()
-    first, others = name[1].strip(), name[2].strip()
+    first = name[1].strip()
+    addr = d.comps(rec.get(10)) + [""] * 5          # street~street 2~city~state~postcode
+    city = " ".join(x.strip() for x in (addr[4], addr[2]) if x.strip())
     return Patient(local_id=rec.get(3) or rec.get(2), ins=nir if is_nir(nir) else "",
-                   family=family, given=" ".join(x for x in (first, others) if x), first_name=first,
+                   family=family, given=birth_given_names(first, name[2]), first_name=first,
                    used_family=name[0].strip(), birth_date=norm_ts(rec.get(7), rec.where(7)), sex=sex,
-                   address=tuple(c for c in d.comps(rec.get(10)) if c))
+                   address=tuple(x.strip() for x in (addr[0], addr[1], city) if x.strip()))
 
 
 def _result(d: _Delims, rec: _Record, battery: int) -> dict:

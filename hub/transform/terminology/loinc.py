@@ -80,7 +80,7 @@ class LoincMap:
         out, warnings = [], []
         batteries = tuple(self._battery(b) for b in report.batteries)
         for res in report.results:
-            entry = self.get(res.local_code)
+            entry = self.get(res.local_code) if res.local_code else None
             if entry is not None and not res.loinc:
                 res = replace(res, loinc=entry.loinc, loinc_label=entry.label)
             elif not res.loinc:
@@ -102,15 +102,15 @@ class LoincMap:
         elif not ucum and not res.unit:
             ucum = mapped
         elif mapped and ucum != mapped:
-            warnings.append(f"{res.local_code!r}: the laboratory's unit is UCUM {ucum!r}, the LOINC map says "
+            warnings.append(f"{res.local_code or res.loinc!r}: the laboratory's unit is UCUM {ucum!r}, the LOINC map says "
                             f"{mapped!r}: the laboratory's unit is kept")
         if ucum is None:
             if res.value_type in ("NM", "SN"):
-                warnings.append(f"unit {res.unit!r} of {res.local_code!r} is not in the unit table: result sent as "
+                warnings.append(f"unit {res.unit!r} of {res.local_code or res.loinc!r} is not in the unit table: result sent as "
                                 "text with the unit as written")
             ucum = ""
         ucum2 = to_ucum(res.unit2) if res.unit2 else ""
         if ucum2 is None:
-            warnings.append(f"second unit {res.unit2!r} of {res.local_code!r} is not in the unit table: sent as text")
+            warnings.append(f"second unit {res.unit2!r} of {res.local_code or res.loinc!r} is not in the unit table: sent as text")
             ucum2 = ""
         return replace(res, ucum=ucum, ucum2=ucum2)

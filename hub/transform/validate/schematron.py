@@ -41,6 +41,12 @@ SVRL = "http://purl.oclc.org/dsdl/svrl"
 _QUERY_BINDING = re.compile(r'(<(?:\w+:)?schema\b[^>]*?\squeryBinding\s*=\s*)"xslt2"', re.S)
 _VERSION = re.compile(r'(<(?:xsl:)?stylesheet\b[^>]*?\sversion\s*=\s*)"1\.0"', re.S)
 _TEXT = re.compile(r"\s+")
+_STEP = re.compile(r"\*:?\[local-name\(\)='([^']+)'(?: and namespace-uri\(\)='[^']*')?\]")
+
+
+def compact(location: str) -> str:
+    """SVRL's `/*[local-name()='author' and namespace-uri()='urn:hl7-org:v3'][1]` -> `/author[1]`."""
+    return _STEP.sub(r"\1", location)
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,6 @@ def _failures(name: str, svrl: str) -> list[Failure]:
             pattern = el.get("id") or el.get("name") or ""
         elif tag == "failed-assert":
             text = el.find(f"{{{SVRL}}}text")
-            out.append(Failure(short, el.get("id") or pattern or el.get("test") or "", el.get("location") or "",
+            out.append(Failure(short, el.get("id") or pattern or el.get("test") or "", compact(el.get("location") or ""),
                                el.get("role") or "", _line("".join(text.itertext())) if text is not None else ""))
     return out
