@@ -108,6 +108,7 @@ def render_report(report: LabReport) -> bytes:
     c = canvas.Canvas(buf, pagesize=A4, pageCompression=1, invariant=1)
     c.setTitle(TITLE)
     c.setAuthor(_latin(report.sender.org_name or "Laboratoire"))
+    c.setCreator("hub (copie du compte rendu structuré)")
     page = _Page(c)
     s = report.sender
     page.line(TITLE, bold=True, size=13)

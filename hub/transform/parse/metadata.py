@@ -70,13 +70,17 @@ _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 MAX_JSON = 65536
 
 
+class HeaderLayer(dict):
+    """Metadata read from the X-Hub-* headers: a bad value is reported by its header's name."""
+
+
 def _where(key: str) -> str:
-    return _WHERE.get(key, f"metadata.{key}")
+    return f"metadata.{key}"
 
 
-def from_headers(headers: EmailMessage) -> dict[str, str]:
+def from_headers(headers: EmailMessage) -> HeaderLayer:
     found = header_text(headers, _LOWER.keys())
-    return {_LOWER[low]: value for low, value in found.items()}
+    return HeaderLayer({_LOWER[low]: value for low, value in found.items()})
 
 
 def load_json(data: bytes) -> Any:
@@ -145,31 +149,39 @@ def apply_mapping(obj: Mapping[str, Any], mapping: Mapping[str, str]) -> dict[st
     return out
 
 
-def _text(key: str, value: Any) -> str:
+def _text(key: str, value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float, list)):
-        raise ParseError("expected a string", where=_where(key))
+        raise ParseError("expected a string", where=where)
     if isinstance(value, list):
         if not all(isinstance(v, (str, int)) for v in value):
-            raise ParseError("expected a list of strings", where=_where(key))
+            raise ParseError("expected a list of strings", where=where)
         value = ("\n" if key in LIST_KEYS else " ").join(str(v).strip() for v in value if str(v).strip())
     text = str(value).strip()
     if "\x00" in text or re.search(r"[\ud800-\udfff]", text):
-        raise ParseError("a NUL or an invalid character in the value", where=_where(key))
+        raise ParseError("a NUL or an invalid character in the value", where=where)
     return text
 
 
 def merge(*layers: Mapping[str, Any] | None, vs: ValueSets | None = None) -> dict[str, str]:
+    """Later layers override earlier ones; a bad value is reported by its header (X-Hub-...) or its key."""
     out: dict[str, str] = {}
+    origin: dict[str, str] = {}
     for layer in layers:
+        header = isinstance(layer, HeaderLayer)
         for k, v in (layer or {}).items():
             if k in KEYS and v is not None:
-                text = _text(k, v)
+                where = _WHERE[k] if header else f"metadata.{k}"
+                text = _text(k, v, where)
                 if text:
                     out[k] = text
-    return _check(out, vs or ValueSets())
+                    origin[k] = where
+    return _check(out, vs or ValueSets(), origin)
 
 
-def _check(m: dict[str, str], vs: ValueSets) -> dict[str, str]:
+def _check(m: dict[str, str], vs: ValueSets, origin: Mapping[str, str] | None = None) -> dict[str, str]:
+    def _where(key: str) -> str:         # noqa: F811  (the origin of each value)
+        return (origin or {}).get(key) or f"metadata.{key}"
+
     ins = m.get("patient_ins", "").replace(" ", "")
     if ins:
         if not is_nir(ins):

@@ -14,6 +14,7 @@ if not SHARED.exists():
     SHARED = Path(os.environ.get("HUB_SHARED", "../shared")).resolve()
 SAMPLES = SHARED / "samples"
 XSD = SHARED / "schemas" / "cda" / "CDA_extended.xsd"
+SCHEMATRONS = SHARED / "schematrons" / "ansforge" / "schematrons"
 NOW = datetime(2025, 1, 15, 10, 30, tzinfo=timezone.utc)
 V3 = {"h": "urn:hl7-org:v3"}
 
@@ -73,3 +74,17 @@ def mdm_t02(pdf: bytes, *, txa2: str = "11490-0^Lettre de liaison à la sortie d
         "^ISO|||||AU|N",
         f"OBX|1|ED|11490-0^Lettre de liaison^LN||^application^pdf^Base64^{b64}||||||F",
     ]).encode("utf-8") + b"\r"
+
+
+def cdas(message: bytes) -> list[bytes]:
+    """The CDAs of an outgoing message's IHE_XDM.zip, in order."""
+    import io
+    import zipfile
+    from email import message_from_bytes, policy
+
+    msg = message_from_bytes(message, policy=policy.default)
+    for part in msg.iter_attachments():
+        if part.get_filename() == "IHE_XDM.zip":
+            z = zipfile.ZipFile(io.BytesIO(part.get_content()))
+            return [z.read(n) for n in sorted(z.namelist()) if n.startswith("IHE_XDM/SUBSET01/DOC")]
+    return []
