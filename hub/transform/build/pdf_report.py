@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import io
 
+from reportlab import rl_config
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
 from hub.transform.model import LabReport, Patient, Result
 
+rl_config.useA85 = 0          # binary Flate streams: smaller, and no ASCII85 pass (only the hub uses ReportLab)
 TITLE = "Compte rendu d'examens biologiques"
 SEX = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
 FLAGS = {"L": "bas", "H": "haut", "LL": "critique bas", "HH": "critique haut", "A": "anormal",

@@ -41,6 +41,7 @@ SVRL = "http://purl.oclc.org/dsdl/svrl"
 _QUERY_BINDING = re.compile(r'(<(?:\w+:)?schema\b[^>]*?\squeryBinding\s*=\s*)"xslt2"', re.S)
 _VERSION = re.compile(r'(<(?:xsl:)?stylesheet\b[^>]*?\sversion\s*=\s*)"1\.0"', re.S)
 _TEXT = re.compile(r"\s+")
+_SVRL_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 _STEP = re.compile(r"\*:?\[local-name\(\)='([^']+)'(?: and namespace-uri\(\)='[^']*')?\]")
 
 
@@ -109,8 +110,11 @@ class _Compiled:
 class Schematrons:
     """The compiled ANS schematrons of one rules folder. Build once per process (the registry does)."""
 
-    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None):
+    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None, optimised: bool = True):
+        """`optimised=False`: the skeleton's stylesheets as generated (slower; the same failed assertions, which
+        the test suite checks on mutated documents)."""
         self.folder = Path(folder) if folder else None
+        self.optimised = optimised
         self._compiled: dict[str, _Compiled] = {}
         self._lock = threading.Lock()
         self._proc = None
@@ -166,19 +170,25 @@ class Schematrons:
             node = builder.parse_xml(xml_text=text)
             for step in ("iso_dsdl_include.xsl", "iso_abstract_expand.xsl"):
                 exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / step))
-                node = _reparse(proc, exe.transform_to_string(xdm_node=node), path)
+                expanded = exe.transform_to_string(xdm_node=node)
+                node = _reparse(proc, expanded, path)
             exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / "iso_svrl_for_xslt1.xsl"))
             exe.set_parameter("attributes", proc.make_string_value("false"))
+            exe.set_parameter("generate-fired-rule", proc.make_string_value("false"))
             generated = _VERSION.sub(r'\1"2.0"', exe.transform_to_string(xdm_node=node), count=1)
+            if self.optimised:
+                generated = optimise(generated, guards(expanded), header_only(expanded))
             return xslt.compile_stylesheet(stylesheet_node=_reparse(proc, generated, path))
         except (OSError, UnicodeDecodeError, PySaxonApiError) as exc:
             raise ConfigError(f"transform.schematron_dir: {path} does not compile: {_line(str(exc))}") from None
 
-    def check(self, cda: bytes | str, template_ids: tuple[str, ...] | list[str], code: str = "") -> Conformance:
-        """Run the sets that apply to this document. The CDA is well-formed XML (the caller parsed it)."""
+    def check(self, cda: bytes | str, template_ids: tuple[str, ...] | list[str], code: str = "", *,
+              only: tuple[str, ...] | None = None) -> Conformance:
+        """Run the sets that apply to this document (or `only` those). The CDA is well-formed XML (the caller
+        parsed it)."""
         if self.folder is None:
             return Conformance((), ())
-        names = sets_for(template_ids, code)
+        names = only or sets_for(template_ids, code)
         proc = self._processor()
         node = proc.parse_xml(xml_text=cda.decode("utf-8")) if isinstance(cda, bytes) else proc.parse_xml(
             xml_text=cda)
@@ -189,6 +199,127 @@ class Schematrons:
         return Conformance(names, tuple(failures))
 
 
+# ------------------------------------------------------------------ speed, with the same failed assertions
+#
+# The skeleton's validator walks the whole document twice per pattern (an `apply-templates` in the default mode,
+# which outputs nothing, inside each `svrl:active-pattern`, then the pattern's own mode): the CI-SIS profiles have
+# ~200 patterns each, most for templates a given document does not use. Two changes that cannot change a failed
+# assertion: the default-mode walk is dropped (it only reaches the "strip text" template), and a pattern all of whose
+# rule contexts require an element with a given templateId (`*[cda:templateId/@root='X']...`, no `or`, `|` nor
+# `not(`) runs only when the document has such a templateId somewhere (else none of its rules can fire).
+# And a pattern whose every rule context is an absolute path from `//hl7:ClinicalDocument[...]` that cannot reach
+# below `ClinicalDocument/component/*` (the "structuration minimale" rules, which check the header) does not walk
+# the body's elements, unless the body holds another ClinicalDocument (then it walks it all, as before).
+
+_XSL = "http://www.w3.org/1999/XSL/Transform"
+_SCH = "http://purl.oclc.org/dsdl/schematron"
+_GUARD = re.compile(r"templateId(?:/@root\s*=\s*|\[\s*@root\s*=\s*)(['\"])([0-9.]+)\1")
+_UNGUARDED = re.compile(r"\sor\s|\||not\s*\(|!=")
+
+
+def _steps(path: str) -> list[str]:
+    """`a[x/y]/b//c` -> ['a[x/y]', 'b', '', 'c'] (slashes inside predicates or strings do not split)."""
+    steps, depth, quote, cur = [], 0, "", ""
+    for ch in path:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == "/" and depth == 0:
+            steps.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return steps + [cur]
+
+
+def header_only(expanded: str) -> frozenset[str]:
+    """Pattern ids none of whose rules can match an element below ClinicalDocument/component/*."""
+    root = etree.fromstring(expanded.encode("utf-8"), _SVRL_PARSER)
+    out = set()
+    for pattern in root.iter(f"{{{_SCH}}}pattern"):
+        ident = pattern.get("id")
+        contexts = [r.get("context") for r in pattern.findall(f"{{{_SCH}}}rule") if r.get("abstract") != "true"]
+        if not ident or not contexts:
+            continue
+        for context in contexts:
+            if context == "/":
+                continue
+            steps = _steps(context or "")
+            # ['', '', 'hl7:ClinicalDocument[...]', step 1, step 2, ...]
+            if len(steps) < 3 or steps[:2] != ["", ""] or not steps[2].startswith("hl7:ClinicalDocument["):
+                break
+            below = steps[3:]
+            names = [s.split("[", 1)[0] for s in below]
+            if "" in below or any("::" in n and not n.startswith("child::") for n in names):
+                break                                            # '//' or another axis after the document element
+            first = below[0].split("[", 1)[0] if below else ""
+            if first in ("hl7:component", "*", "node()", "hl7:*") and len(below) > 2:
+                break
+        else:
+            out.add(ident)
+    return frozenset(out)
+
+
+def guards(expanded: str) -> dict[str, frozenset[str]]:
+    """pattern id -> the templateIds one of which the document must contain for the pattern to fire."""
+    root = etree.fromstring(expanded.encode("utf-8"), _SVRL_PARSER)
+    out: dict[str, frozenset[str]] = {}
+    for pattern in root.iter(f"{{{_SCH}}}pattern"):
+        ident = pattern.get("id")
+        rules = pattern.findall(f"{{{_SCH}}}rule")
+        needed: set[str] = set()
+        for rule in rules:
+            context = rule.get("context") or ""
+            found = {m.group(2) for m in _GUARD.finditer(context)}
+            if not found or _UNGUARDED.search(context):
+                break
+            needed |= found
+        else:
+            if ident and rules:
+                out[ident] = frozenset(needed)
+    return out
+
+
+def optimise(generated: str, pattern_guards: dict[str, frozenset[str]],
+             headers: frozenset[str] = frozenset()) -> str:
+    root = etree.fromstring(generated.encode("utf-8"), _SVRL_PARSER)
+    main = next(t for t in root.iterfind(f"{{{_XSL}}}template") if t.get("match") == "/" and not t.get("mode"))
+    output = next(iter(main.iterchildren(f"{{{SVRL}}}schematron-output")), None)
+    if output is None:
+        return generated
+    tids = etree.Element(f"{{{_XSL}}}variable", name="hub-tids",
+                         select="distinct-values(//*:templateId/@root)")
+    main.insert(main.index(output), tids)
+    children = list(output)
+    for i, el in enumerate(children):
+        if el.tag != f"{{{SVRL}}}active-pattern":
+            continue
+        for walk in el.findall(f"{{{_XSL}}}apply-templates"):
+            if walk.get("select") is None and walk.get("mode") is None:
+                el.remove(walk)
+        ident = next((a.text for a in el.iterfind(f"{{{_XSL}}}attribute") if a.get("name") == "id"), None)
+        run = children[i + 1] if i + 1 < len(children) else None
+        if ident in headers and run is not None and run.get("mode"):
+            prune = etree.SubElement(root, f"{{{_XSL}}}template", match="/*/*[local-name() = 'component']/*",
+                                     priority="-1.9", mode=run.get("mode"))
+            cond = etree.SubElement(prune, f"{{{_XSL}}}if", test="descendant::*[local-name() = 'ClinicalDocument']")
+            etree.SubElement(cond, f"{{{_XSL}}}apply-templates", select="*", mode=run.get("mode"))
+        needed = pattern_guards.get(ident or "")
+        if not needed or run is None or run.tag != f"{{{_XSL}}}apply-templates" or run.get("select") != "/":
+            continue
+        test = "$hub-tids = (" + ", ".join(f"'{t}'" for t in sorted(needed)) + ")"
+        guard = etree.Element(f"{{{_XSL}}}if", test=test)
+        el.addprevious(guard)
+        guard.append(el)
+        guard.append(run)
+    return etree.tostring(root, encoding="unicode")
+
+
 def _reparse(proc, text: str, base: Path):
     builder = proc.new_document_builder()
     builder.set_base_uri(base.as_uri())
@@ -197,9 +328,6 @@ def _reparse(proc, text: str, base: Path):
 
 def _line(text: str) -> str:
     return _TEXT.sub(" ", text).strip()[:300]
-
-
-_SVRL_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 
 
 def _failures(name: str, svrl: str) -> list[Failure]:

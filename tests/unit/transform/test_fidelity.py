@@ -393,3 +393,29 @@ def test_an_ins_policy_of_none_never_sends_the_labs_nir_as_a_qualified_ins(regis
     root, out = cda_of(registry, "hprim_to_cda_xdm", mail((data, "text/plain", "b.hpr")), "labo-beta")
     assert all(i.get("root") != "1.2.250.1.213.1.4.10" for i in root.iterfind("h:recordTarget//h:id", V3))
     assert out.patient_ins_oid is None
+
+
+def test_the_shipped_json_schema_is_the_model_the_hub_reads():
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    import hub.transform
+    from hub.transform.parse.metadata import MODEL
+
+    schema = json.loads((Path(hub.transform.__file__).parent / "data" / "document-metadata.schema.json")
+                        .read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+    def leaves(node, prefix=""):
+        for key, sub in node.get("properties", {}).items():
+            path = f"{prefix}{key}"
+            if sub.get("type") == "object" and "properties" in sub:
+                yield from leaves(sub, path + ".")
+            else:
+                yield path
+    assert set(leaves(schema)) == set(MODEL)
+    validator = jsonschema.Draft202012Validator(schema)
+    for example in schema["examples"] + [json.loads(corpus("letter_nested.json"))]:
+        assert not list(validator.iter_errors(example))
