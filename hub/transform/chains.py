@@ -207,6 +207,8 @@ def hl7_oru_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) 
 def cisis_hl7_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
     top, parts = walk(message)
     found = _find(parts, "hl7_oru", "hl7_mdm", flavour="cisis")
+    if found is None and _find(parts, "hl7_mdm", "hl7_oru", flavour="pdf") is not None:
+        return pdf_to_cda_n1_xdm(ctx, message, params)       # an HL7 document feed carrying a PDF: a letter
     if found is None:
         raise TransformError("no CI-SIS HL7 v2 message carrying a CDA in the message")
     raw = found[0].payload()

@@ -33,7 +33,7 @@ _TABLE: dict[str, tuple[str, ...]] = {
     # counts per volume: G and T are giga and tera, never grams
     "10*9/L": ("G/L", "Giga/L", "giga/L", "GIGA/L", "10*9/L"), "10*12/L": ("T/L", "Tera/L", "tera/L", "TERA/L",
                                                                           "10*12/L"),
-    "10*6/L": ("M/L", "10*6/L"), "10*3/uL": ("10*3/uL", "10*3/mm3"), "10*6/uL": ("10*6/uL", "10*6/mm3"),
+    "10*6/L": ("10*6/L",), "10*3/uL": ("10*3/uL", "10*3/mm3"), "10*6/uL": ("10*6/uL", "10*6/mm3"),
     "/mm3": ("/mm3", "/mm 3"), "/uL": ("/uL",), "/L": ("/L",), "/mL": ("/mL",),
     "{copies}/mL": ("copies/mL", "cp/mL"),
     # enzymes and international units
@@ -44,7 +44,6 @@ _TABLE: dict[str, tuple[str, ...]] = {
     "%": ("%", "pourcent"), "fL": ("fL", "um3"), "pg": ("pg",), "mm/h": ("mm/h", "mm/1h", "mm/heure"),
     "mL/min": ("mL/min",), "mL/min/{1.73_m2}": ("mL/min/1.73m2", "mL/min/1.73m*2", "mL/mn/1.73m2",
                                                 "mL/min/1.73", "mL/min/{1.73_m2}"),
-    "mL/min/1.73.m2": ("mL/min/1.73.m2",),
     # times, pressure, temperature, masses, lengths, volumes
     "s": ("s", "sec", "seconde", "secondes"), "min": ("min", "mn"), "h": ("h", "heure", "heures"),
     "d": ("j", "jour", "jours"), "mm[Hg]": ("mmHg", "mm Hg"), "Cel": ("°C",), "kg": ("kg",), "g": ("g",),
