@@ -53,3 +53,45 @@ def test_an_unusable_file_exits_2_with_the_reason(config, tmp_path, capsys, cont
     assert main(["--config", config, "transform", "check", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hub: error: ") and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("settings, names", [
+    ({"schematron_dir": "/nonexistent/schematrons"}, "transform.schematron_dir: /nonexistent/schematrons/"),
+    ({"value_sets": ["/nonexistent/jdv"]}, "transform.value_sets: /nonexistent/jdv"),
+    ({"senders": "/nonexistent/senders.toml"}, "transform.senders: cannot read /nonexistent/senders.toml"),
+])
+def test_a_transform_misconfiguration_stops_at_start_naming_the_setting(settings, names):
+    from hub.errors import ConfigError
+    from hub.settings import TransformSection
+    from hub.transform import build_registry
+
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        build_registry(TransformSection(**settings), "NIL")
+
+
+@pytest.mark.parametrize("text, names", [
+    ('[lab]\nins_oid = "1.2.3"\n', "[lab] ins_oid '1.2.3' is not an INS OID"),
+    ('[lab]\norg_fines = "1"\n', "[lab] unknown key 'org_fines'"),
+    ('[lab]\n[lab.metadata_map]\n"patient.birth_name" = 3\n', "[lab.metadata_map] must map model paths"),
+    ("[lab\n", "cannot read"),
+])
+def test_a_bad_sender_profile_is_refused_with_file_and_account(tmp_path, text, names):
+    from hub.errors import ConfigError
+    from hub.settings import TransformSection
+    from hub.transform import build_registry
+
+    path = tmp_path / "senders.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        build_registry(TransformSection(senders=str(path)), "NIL")
+    assert str(path) in str(err.value) and names in str(err.value)
+
+
+def test_on_nonconformant_accepts_hold_or_warn_only(tmp_path):
+    from hub.errors import ConfigError
+    from hub.settings import load
+
+    path = tmp_path / "hub.toml"
+    path.write_text('[transform]\non_nonconformant = "ignore"\n')
+    with pytest.raises(ConfigError, match="transform.on_nonconformant: expected hold or warn"):
+        load(str(path))
