@@ -108,6 +108,19 @@ class Result:
     battery: int = 0                  # 1-based index in LabReport.batteries; 0: none
     observer: "Party | None" = None   # the biologist who validated this result (OBX-16 / OBX-25), when given
 
+    @property
+    def range_display(self) -> str:
+        """The reference range as the laboratory wrote it, else from its bounds (`< 3.0`, `>= 60`, `4.1 - 5.9`)."""
+        if self.range_text:
+            return self.range_text
+        if self.range_low and self.range_high:
+            return f"{self.range_low} - {self.range_high}"
+        if self.range_high:
+            return ("< " if self.range_high_open else "<= ") + self.range_high
+        if self.range_low:
+            return ("> " if self.range_low_open else ">= ") + self.range_low
+        return ""
+
 
 @dataclass(frozen=True)
 class Battery:

@@ -22,8 +22,7 @@ from dataclasses import replace
 from datetime import tzinfo
 
 from hub.transform.build.cda import (DOC_LABELS, T_CISIS, T_CRBIO, T_HL7FR, T_XDLAB, Header, addr_xml, coded,
-                                     encounter_xml, entity, header_xml, name_xml, org, person_id, telecom_xml, ts_el,
-                                     x)
+                                     encounter_xml, entity, header_xml, name_xml, person_id, telecom_xml, ts_el, x)
 from hub.transform.model import LOINC, LabReport, Party, Result
 from hub.transform.terminology.dates import decimal, is_decimal
 from hub.transform.terminology.units import UCUM_SYSTEM
@@ -75,18 +74,6 @@ def _value(res: Result) -> tuple[str, str]:
     return f'<value xsi:type="ST">{x(text)}</value>', ""
 
 
-def _range_text(res: Result) -> str:
-    if res.range_text:
-        return res.range_text
-    if res.range_low and res.range_high:
-        return f"{res.range_low} - {res.range_high}"
-    if res.range_high:
-        return ("< " if res.range_high_open else "<= ") + res.range_high
-    if res.range_low:
-        return ("> " if res.range_low_open else ">= ") + res.range_low
-    return ""
-
-
 def _range(res: Result, unit: str) -> str:
     if unit and (res.range_low or res.range_high):
         bounds = ""
@@ -95,8 +82,8 @@ def _range(res: Result, unit: str) -> str:
             if v:
                 bounds += f'<{tag} value="{x(v)}" unit="{x(unit)}"' + (' inclusive="false"' if open_ else "") + "/>"
         body = f'<value xsi:type="IVL_PQ">{bounds}</value>'
-    elif _range_text(res):
-        body = f"<text>{x(_range_text(res))}</text>"
+    elif res.range_display:
+        body = f"<text>{x(res.range_display)}</text>"
     else:
         return ""
     return ('<referenceRange typeCode="REFV"><observationRange classCode="OBS" moodCode="EVN.CRT">' + body
@@ -181,7 +168,7 @@ def _narrative(report: LabReport) -> str:
         rng2 = (f"<br/>{x(res.range2_low)} - {x(res.range2_high)}" if res.range2_low and res.range2_high else "")
         rows.append(f'<tr><td><content ID="res-{n}">{x(res.label or res.loinc_label or res.local_code)}</content>'
                     f"{notes}</td><td>{x(res.value)}{second}</td><td>{x(res.unit)}</td>"
-                    f"<td>{x(_range_text(res))}{rng2}</td><td>{x(INTERPRETATION.get(res.flag.upper(), res.flag))}"
+                    f"<td>{x(res.range_display)}{rng2}</td><td>{x(INTERPRETATION.get(res.flag.upper(), res.flag))}"
                     "</td></tr>")
     return ("<text><table><thead><tr><th>Examen</th><th>Résultat</th><th>Unité</th><th>Valeurs de référence</th>"
             "<th>Interprétation</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></text>")

@@ -20,7 +20,7 @@ from reportlab import rl_config
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
-from hub.transform.model import LabReport, Patient, Result
+from hub.transform.model import LabReport, Patient
 
 rl_config.useA85 = 0          # binary Flate streams: smaller, and no ASCII85 pass (only the hub uses ReportLab)
 TITLE = "Compte rendu d'examens biologiques"
@@ -43,18 +43,6 @@ def _date(value: str) -> str:
         return value
     out = f"{value[6:8]}/{value[4:6]}/{value[:4]}"
     return out + (f" {value[8:10]}:{value[10:12]}" if len(value) >= 12 else "")
-
-
-def _range(r: Result) -> str:
-    if r.range_text:
-        return r.range_text
-    if r.range_low and r.range_high:
-        return f"{r.range_low} - {r.range_high}"
-    if r.range_high:
-        return ("< " if r.range_high_open else "<= ") + r.range_high
-    if r.range_low:
-        return ("> " if r.range_low_open else ">= ") + r.range_low
-    return ""
 
 
 class _Page:
@@ -138,7 +126,7 @@ def render_report(report: LabReport) -> bytes:
                 page.line((b.label or b.loinc_label).upper(), bold=True)
         battery = res.battery
         value = " ".join(x for x in (res.value, res.unit) if x)
-        page.line(res.label or res.loinc_label or res.local_code, value, _range(res),
+        page.line(res.label or res.loinc_label or res.local_code, value, res.range_display,
                   FLAGS.get(res.flag.upper(), res.flag))
         if res.value2:
             second = " ".join(x for x in (res.value2, res.unit2) if x)

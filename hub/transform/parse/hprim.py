@@ -174,10 +174,9 @@ def _check_counts(end: "_Record", patients: int, records: list["_Record"], lines
 def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], file_date: str) -> LabReport:
     first: _Record = rep["obrs"][0]["rec"]
     order = [c for c in d.comps(first.get(3)) if c][:1] or [c for c in d.comps(first.get(2)) if c][:1] or [""]
-    req = d.comps(first.get(16)) + ["", ""]
     biologist = _biologist(d, next((o["rec"] for o in rep["obrs"] if o["rec"].get(32)), first))
     batteries, results = [], []
-    for n, obr in enumerate(rep["obrs"], 1):
+    for obr in rep["obrs"]:
         batteries.append(_battery(d, obr["rec"]))
         results.extend(Result(**r) for r in obr["results"])
     report_date = next((norm_ts(o["rec"].get(22), o["rec"].where(22)) for o in reversed(rep["obrs"])

@@ -151,7 +151,9 @@ class Schematrons:
         return found
 
     def warm(self, names: tuple[str, ...] | None = None) -> None:
-        """Compile every set now (start-up), so that no document waits for it."""
+        """Compile every set now (start-up), so that no document waits for it. No rules folder: nothing to do."""
+        if self.folder is None:
+            return
         for name in names or (CRBIO, LDLSES, *PROFILES):
             self.compiled(name)
 

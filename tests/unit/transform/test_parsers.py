@@ -9,7 +9,7 @@ from tx_support import sample
 
 from hub.errors import ParseError
 from hub.transform.parse.cisis import build_ack, read_cisis
-from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru, read_patient
+from hub.transform.parse.hl7v2 import parse_er7, read_patient
 from hub.transform.parse.hprim import parse_hprim_net, parse_hprim_sante
 from hub.transform.terminology.loinc import LoincMap
 from hub.transform.terminology.units import to_ucum
