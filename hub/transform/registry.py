@@ -11,6 +11,7 @@ can be produced (its `.steps` and `.validation` say why); any foreign exception 
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -84,7 +85,8 @@ def _schematrons(folder: str) -> Schematrons:
     """One compiled set per folder and process: building a second registry (tests, `hub rules check`) reuses it."""
     if not folder:
         return Schematrons("")
-    found = _COMPILED.get(folder)
+    key = str(Path(folder).resolve())
+    found = _COMPILED.get(key)
     if found is None:
-        found = _COMPILED[folder] = Schematrons(folder)
+        found = _COMPILED[key] = Schematrons(folder)
     return found

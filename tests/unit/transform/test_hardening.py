@@ -124,3 +124,17 @@ def test_fuzzed_lab_inputs_give_a_result_or_a_parse_error_never_another_exceptio
         _readers()[name](data)
     except ParseError as exc:
         assert exc.where is None or isinstance(exc.where, str)
+
+
+def test_a_schema_error_on_a_senders_cda_does_not_quote_its_values(registry):
+    from tx_support import sample
+
+    from hub.errors import TransformError
+
+    cda = sample("cda/DOC_NON_STRUCTURE_CDA-R2-N1.xml").replace(b'<birthTime value="19790328"/>',
+                                                               b'<birthTime value="1979-03-28 PAT-TROIS"/>')
+    assert b"1979-03-28 PAT-TROIS" in cda
+    with pytest.raises(TransformError) as err:
+        registry.apply("cda_to_xdm", mail((cda, "text/xml", "d.xml")), {"now": NOW})
+    assert "birthTime" in err.value.validation and "'…'" in err.value.validation
+    assert "PAT-TROIS" not in err.value.validation and "PAT-TROIS" not in str(err.value)
