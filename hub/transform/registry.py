@@ -24,7 +24,7 @@ from hub.transform.senders import SenderProfiles
 from hub.transform.steps import Chain, Context, StepRecord, TransformOutcome
 from hub.transform.terminology.loinc import LoincMap
 from hub.transform.terminology.valuesets import ValueSets, default_paths
-from hub.transform.validate.schematron import Schematrons
+from hub.transform.validate.schematron import IsolatedSchematrons, Schematrons
 from hub.transform.validate.xmlsafe import CdaValidator, SafeXml
 
 __all__ = ["Registry", "StepRecord", "TransformOutcome", "build_registry"]
@@ -78,15 +78,16 @@ def build_registry(settings: TransformSection, nil: str) -> Registry:
     return Registry(CHAINS, context)
 
 
-_COMPILED: dict[str, Schematrons] = {}
+_COMPILED: dict[str, IsolatedSchematrons] = {}
 
 
-def _schematrons(folder: str) -> Schematrons:
-    """One compiled set per folder and process: building a second registry (tests, `hub rules check`) reuses it."""
+def _schematrons(folder: str) -> Schematrons | IsolatedSchematrons:
+    """One compiled set per folder and process, in its own child process (SaxonC holds the GIL while it runs):
+    building a second registry (tests, `hub rules check`) reuses it."""
     if not folder:
         return Schematrons("")
     key = str(Path(folder).resolve())
     found = _COMPILED.get(key)
     if found is None:
-        found = _COMPILED[key] = Schematrons(folder)
+        found = _COMPILED[key] = IsolatedSchematrons(folder)
     return found

@@ -14,7 +14,7 @@ from hub.transform.parse.text import clean
 from hub.transform.senders import SenderProfiles
 from hub.transform.terminology.loinc import LoincMap
 from hub.transform.terminology.valuesets import ValueSets
-from hub.transform.validate.schematron import Schematrons
+from hub.transform.validate.schematron import IsolatedSchematrons, Schematrons
 from hub.transform.validate.xmlsafe import CdaValidator, SafeXml
 
 
@@ -53,7 +53,7 @@ class Context:
     loinc: LoincMap
     max_zip_entries: int
     max_zip_expanded: int
-    schematrons: Schematrons = field(default_factory=lambda: Schematrons(""))
+    schematrons: Schematrons | IsolatedSchematrons = field(default_factory=lambda: Schematrons(""))
     value_sets: ValueSets = field(default_factory=ValueSets)
     senders: SenderProfiles = field(default_factory=SenderProfiles)
     on_nonconformant: str = "hold"     # "hold": a failed ANS assertion fails the chain; "warn": sent, with a warning

@@ -10,6 +10,9 @@ stylesheet is marked version 2.0 (its rules use XPath 2 functions).
 
 `Schematrons(folder)` compiles nothing until a set is first used, then keeps the compiled validators for the life
 of the process (compiling the CR-BIO set costs a few seconds; running it on a document, a few milliseconds).
+SaxonC holds Python's GIL while it runs, so a check in a worker thread would still stall the event loop (SMTP
+intake) for its whole duration: `IsolatedSchematrons` (what the registry uses) runs the validators in a child
+process of their own, compiled once, and the calling thread waits on a pipe without the GIL.
 `check(cda_bytes, template_ids)` picks the volet and profile sets that apply to the document from its templateIds and
 returns a `Conformance`: the failed assertions with their rule id, schematron and location (an XPath), never the
 text of the document. Thread-safe: each thread runs its own clone of a compiled validator.
@@ -20,15 +23,18 @@ folder that is missing or does not compile is a ConfigError naming it (start-up 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from lxml import etree
 
-from hub.errors import ConfigError
+from hub.errors import ConfigError, TransformError
 
 # the sets of rules, by file, relative to the `schematrons` folder of the ANS repository
 CRBIO = "CI-SIS_BIO-CR-BIO_2024.01.sch"
@@ -348,3 +354,105 @@ def _failures(name: str, svrl: str) -> list[Failure]:
             out.append(Failure(short, el.get("id") or pattern or el.get("test") or "", compact(el.get("location") or ""),
                                el.get("role") or "", _line("".join(text.itertext())) if text is not None else ""))
     return out
+
+
+# ------------------------------------------------------------------ in a child process (the GIL stays free)
+#
+# The child is `python -m hub.transform.validate.worker FOLDER [SET...]`; it answers one JSON line per request
+# line on its stdin: {"cda", "templates", "code", "only"} -> {"checked", "failures"} or {"error"}.
+
+
+def serve(folder: str, sets: tuple[str, ...] | None, reader, writer) -> None:
+    try:
+        schematrons = Schematrons(folder, sets=sets)
+        schematrons.warm(sets)
+    except ConfigError as exc:
+        writer.write(json.dumps({"error": str(exc)}) + "\n")
+        writer.flush()
+        return
+    writer.write(json.dumps({"ready": True}) + "\n")
+    writer.flush()
+    for line in reader:
+        try:
+            req = json.loads(line)
+            only = tuple(req["only"]) if req.get("only") else None
+            result = schematrons.check(req["cda"], tuple(req["templates"]), req["code"], only=only)
+            answer = {"checked": list(result.checked), "failures": [list(astuple(f)) for f in result.failures]}
+        except Exception as exc:                   # one document SaxonC cannot run on: say so, keep serving
+            answer = {"failed": f"{type(exc).__name__}: {_line(str(exc))}"}
+        writer.write(json.dumps(answer, ensure_ascii=True) + "\n")
+        writer.flush()
+
+
+class IsolatedSchematrons:
+    """The same interface as `Schematrons`, the work done in a child process started on first use (or `warm`)."""
+
+    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None):
+        self._local = Schematrons(folder, sets=sets)   # checks the folder now (start-up); compiles nothing here
+        self.folder = self._local.folder
+        self.sets = sets
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def warm(self, names: tuple[str, ...] | None = None) -> None:
+        if self.enabled:
+            with self._lock:
+                self._start()
+
+    def _start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        command = [sys.executable, "-m", "hub.transform.validate.worker", str(self.folder), *(self.sets or ())]
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                encoding="utf-8", bufsize=1)
+        line = proc.stdout.readline()
+        try:
+            first = json.loads(line) if line else {"error": "the validator process stopped while compiling"}
+        except ValueError:
+            first = {"error": f"the validator process said: {_line(line)}"}
+        if not first.get("ready"):
+            proc.kill()
+            proc.wait()
+            raise ConfigError(f"transform.schematron_dir: {first.get('error')}")
+        self._proc = proc
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+    def check(self, cda: bytes | str, template_ids: tuple[str, ...] | list[str], code: str = "", *,
+              only: tuple[str, ...] | None = None) -> Conformance:
+        if self.folder is None:
+            return Conformance((), ())
+        text = cda.decode("utf-8") if isinstance(cda, (bytes, bytearray)) else cda
+        request = json.dumps({"cda": text, "templates": list(template_ids), "code": code,
+                              "only": list(only) if only else None}) + "\n"
+        with self._lock:
+            for attempt in (1, 2):                  # a validator that died is started again, once
+                try:
+                    self._start()
+                    self._proc.stdin.write(request)
+                    self._proc.stdin.flush()
+                    line = self._proc.stdout.readline()
+                    if not line:
+                        raise EOFError
+                    answer = json.loads(line)
+                    break
+                except (EOFError, OSError, ValueError):
+                    self._stop()
+                    if attempt == 2:
+                        raise TransformError("the ANS schematron validator process stopped") from None
+        if "failed" in answer:
+            raise TransformError(f"the ANS schematrons could not run on the document: {answer['failed']}")
+        return Conformance(tuple(answer["checked"]), tuple(Failure(*f) for f in answer["failures"]))
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+

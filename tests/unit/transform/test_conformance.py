@@ -174,3 +174,26 @@ def test_the_optimised_validators_give_the_same_failed_assertions_as_the_skeleto
         assert sorted(fast.failures, key=repr) == sorted(slow.failures, key=repr)
         failing += not fast.ok
     assert len(docs) == 24 and failing >= 8
+
+
+def test_the_validators_run_in_their_own_process_and_come_back_if_it_dies(conformant):
+    """SaxonC holds the GIL while it runs: the hub's validators live in a child process, so a check waits on a pipe
+    and the event loop (SMTP intake) keeps running; a validator process that died is started again."""
+    import os
+    import signal
+
+    from hub.transform.validate.schematron import IsolatedSchematrons
+
+    assert isinstance(conformant.context.schematrons, IsolatedSchematrons)
+    out = conformant.apply("hprim_to_cda_xdm", mail((corpus("hs_alpha_hemato.hpr"), "text/plain", "a.hpr")),
+                           {"now": NOW}, account="labo-alpha")
+    [doc] = cdas(out.message)
+    assert conformant.context.schematrons._proc.pid != os.getpid()
+    volet = IsolatedSchematrons(str(SCHEMATRONS), sets=(CRBIO,))       # one set: quick to compile twice
+    assert volet.check(doc, (), "11502-2", only=(CRBIO,)).ok
+    child = volet._proc
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    assert volet.check(doc, (), "11502-2", only=(CRBIO,)).ok                 # started again, compiled again
+    assert volet._proc.pid != child.pid and volet._proc.poll() is None
+    volet.close()
