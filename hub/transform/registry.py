@@ -11,6 +11,7 @@ can be produced (its `.steps` and `.validation` say why); any foreign exception 
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -79,6 +80,12 @@ def build_registry(settings: TransformSection, nil: str) -> Registry:
 
 
 _COMPILED: dict[str, IsolatedSchematrons] = {}
+
+
+@atexit.register
+def _close_validators() -> None:
+    for validator in _COMPILED.values():
+        validator.close()
 
 
 def _schematrons(folder: str) -> Schematrons | IsolatedSchematrons:

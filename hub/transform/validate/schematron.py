@@ -406,6 +406,7 @@ class IsolatedSchematrons:
     def _start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
+        self._stop()                               # a validator that died: its pipes closed before the next one
         command = [sys.executable, "-m", "hub.transform.validate.worker", str(self.folder), *(self.sets or ())]
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 encoding="utf-8", bufsize=1)
@@ -414,17 +415,21 @@ class IsolatedSchematrons:
             first = json.loads(line) if line else {"error": "the validator process stopped while compiling"}
         except ValueError:
             first = {"error": f"the validator process said: {_line(line)}"}
-        if not first.get("ready"):
-            proc.kill()
-            proc.wait()
-            raise ConfigError(f"transform.schematron_dir: {first.get('error')}")
         self._proc = proc
+        if not first.get("ready"):
+            self._stop()
+            raise ConfigError(f"transform.schematron_dir: {first.get('error')}")
 
     def _stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait(5)
-        self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(5)
+            for pipe in (proc.stdin, proc.stdout):
+                try:
+                    pipe.close()
+                except OSError:                    # a pipe to a dead process refuses its last flush: drop it
+                    pipe.buffer.raw.close()
 
     def check(self, cda: bytes | str, template_ids: tuple[str, ...] | list[str], code: str = "", *,
               only: tuple[str, ...] | None = None) -> Conformance:
