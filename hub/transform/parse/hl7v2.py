@@ -2,7 +2,7 @@
 
 Input: untrusted bytes, segments separated by CR, CRLF or LF (the ANS samples use LF), delimiters read from MSH.
 `parse_er7` raises `ParseError` with `where` like "line 3" or "OBX[2].5". `read_lab_oru` turns a structured
-LAB-3 ORU^R01 (one OBX per analyte) into a `LabReport`; `hub.transform.build.oru.write_oru` does the reverse.
+LAB-3 ORU^R01 (one OBX per analyte) into a `LabReport`, refusing a message cut in transit.
 Reads no settings.
 """
 
