@@ -4,9 +4,9 @@
   hl7_oru_to_cda_n3_xdm       HL7 v2.5 LAB-3 ORU^R01 (test corpus, 7 results, 2 batteries) -> CR-BIO N3 -> mail
   pdf_200k_to_cda_n1_xdm      PDF (200 KB) + metadata headers -> CDA N1 (LDL-SES) -> IHE_XDM.zip -> mail
 then the schematron cost per document after warm-up (p50 / p95 over --samples runs: CPU ms in-process, and the
-round trip to the validator's own process, which the hub uses), and the compile time. Rates without schematron are
+round trip to the two validator processes, which the hub uses), and the compile time. Rates without schematron are
 documents per CPU-second of the process (one core), so other work on the machine moves them less; with schematron,
-per second of wall clock (one core busy at a time: this process, then the validator's).
+per second of wall clock (this process waits while the validators work).
 Every document is XSD-validated; the schematron runs check it is conformant (0 failed assertions).
 
 Usage: python bench/transform.py [--seconds 3] [--repeat 1] [--samples 200] [--shared ../shared] [--profile]
@@ -118,7 +118,7 @@ def main() -> None:
         "hl7_oru_to_cda_n3_xdm (PDF rendered)": ("hl7_oru_to_cda_xdm", oru),
         "pdf_200k_to_cda_n1_xdm": ("pdf_to_cda_n1_xdm", pdf),
     }
-    print(f"schematrons compiled in {compile_s:.1f} s (once per process, in the validator's own process)")
+    print(f"schematrons compiled in {compile_s:.1f} s (once per process, in the two validator processes)")
     for name, (chain, message) in cases.items():
         out = checked.apply(chain, message, {})          # hold mode: raises if not conformant
         assert [s.validation for s in out.steps if s.name == "cda_schematron"][0].startswith("conformant"), name

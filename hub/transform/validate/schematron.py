@@ -384,30 +384,21 @@ def serve(folder: str, sets: tuple[str, ...] | None, reader, writer) -> None:
         writer.flush()
 
 
-class IsolatedSchematrons:
-    """The same interface as `Schematrons`, the work done in a child process started on first use (or `warm`)."""
+STRUCMIN = PROFILES[3]
 
-    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None):
-        self._local = Schematrons(folder, sets=sets)   # checks the folder now (start-up); compiles nothing here
-        self.folder = self._local.folder
-        self.sets = sets
-        self._lock = threading.Lock()
+
+class _Worker:
+    """One validator process for some sets: started on first use, started again if it died."""
+
+    def __init__(self, folder: Path, sets: tuple[str, ...]):
+        self.folder, self.sets = folder, sets
         self._proc: subprocess.Popen | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.folder is not None
-
-    def warm(self, names: tuple[str, ...] | None = None) -> None:
-        if self.enabled:
-            with self._lock:
-                self._start()
-
-    def _start(self) -> None:
+    def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        self._stop()                               # a validator that died: its pipes closed before the next one
-        command = [sys.executable, "-m", "hub.transform.validate.worker", str(self.folder), *(self.sets or ())]
+        self.stop()                                # a validator that died: its pipes closed before the next one
+        command = [sys.executable, "-m", "hub.transform.validate.worker", str(self.folder), *self.sets]
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                 encoding="utf-8", bufsize=1)
         line = proc.stdout.readline()
@@ -417,10 +408,10 @@ class IsolatedSchematrons:
             first = {"error": f"the validator process said: {_line(line)}"}
         self._proc = proc
         if not first.get("ready"):
-            self._stop()
+            self.stop()
             raise ConfigError(f"transform.schematron_dir: {first.get('error')}")
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.kill()
@@ -431,33 +422,88 @@ class IsolatedSchematrons:
                 except OSError:                    # a pipe to a dead process refuses its last flush: drop it
                     pipe.buffer.raw.close()
 
+    def send(self, request: str) -> None:
+        self.start()
+        self._proc.stdin.write(request)
+        self._proc.stdin.flush()
+
+    def receive(self) -> dict:
+        line = self._proc.stdout.readline() if self._proc is not None else ""
+        if not line:
+            raise EOFError
+        return json.loads(line)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+
+class IsolatedSchematrons:
+    """The same interface as `Schematrons`, the work done in child processes: by default two, one for the
+    structuration minimale profile (the costliest) and one for the other sets, which run on a document at the same
+    time (the second core does half of the work: the latency of a check is the slower of the two)."""
+
+    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None):
+        self._local = Schematrons(folder, sets=sets)   # checks the folder now (start-up); compiles nothing here
+        self.folder = self._local.folder
+        self._lock = threading.Lock()
+        groups = (sets,) if sets else ((STRUCMIN,), tuple(n for n in (CRBIO, LDLSES, *PROFILES) if n != STRUCMIN))
+        self._workers = [_Worker(self.folder, g) for g in groups] if self.folder is not None else []
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [w.pid for w in self._workers]
+
+    def warm(self, names: tuple[str, ...] | None = None) -> None:
+        with self._lock:
+            for worker in self._workers:          # started one after the other, then compiling side by side
+                worker.start()
+
     def check(self, cda: bytes | str, template_ids: tuple[str, ...] | list[str], code: str = "", *,
               only: tuple[str, ...] | None = None) -> Conformance:
         if self.folder is None:
             return Conformance((), ())
+        names = only or sets_for(template_ids, code)
         text = cda.decode("utf-8") if isinstance(cda, (bytes, bytearray)) else cda
-        request = json.dumps({"cda": text, "templates": list(template_ids), "code": code,
-                              "only": list(only) if only else None}) + "\n"
+        jobs = []
+        for worker in self._workers:
+            mine = [n for n in names if n in worker.sets]
+            if mine:
+                jobs.append((worker, json.dumps({"cda": text, "templates": list(template_ids), "code": code,
+                                                 "only": mine}) + "\n"))
+        answers = []
         with self._lock:
-            for attempt in (1, 2):                  # a validator that died is started again, once
+            for worker, request in jobs:          # all sent first: the workers run at the same time
                 try:
-                    self._start()
-                    self._proc.stdin.write(request)
-                    self._proc.stdin.flush()
-                    line = self._proc.stdout.readline()
-                    if not line:
-                        raise EOFError
-                    answer = json.loads(line)
-                    break
-                except (EOFError, OSError, ValueError):
-                    self._stop()
-                    if attempt == 2:
-                        raise TransformError("the ANS schematron validator process stopped") from None
-        if "failed" in answer:
-            raise TransformError(f"the ANS schematrons could not run on the document: {answer['failed']}")
-        return Conformance(tuple(answer["checked"]), tuple(Failure(*f) for f in answer["failures"]))
+                    worker.send(request)
+                except (OSError, ValueError):
+                    worker.stop()
+            for worker, request in jobs:
+                answers.append(self._answer(worker, request))
+        failed = next((a["failed"] for a in answers if "failed" in a), None)
+        if failed is not None:
+            raise TransformError(f"the ANS schematrons could not run on the document: {failed}")
+        order = {os.path.basename(n): i for i, n in enumerate(names)}
+        failures = sorted((Failure(*f) for a in answers for f in a["failures"]),
+                          key=lambda f: order.get(f.schematron, len(order)))
+        return Conformance(tuple(names), tuple(failures))
+
+    @staticmethod
+    def _answer(worker: _Worker, request: str) -> dict:
+        for attempt in (1, 2):                     # a validator that died is started again, once
+            try:
+                if attempt == 2:
+                    worker.send(request)
+                return worker.receive()
+            except (EOFError, OSError, ValueError):
+                worker.stop()
+        raise TransformError("the ANS schematron validator process stopped")
 
     def close(self) -> None:
         with self._lock:
-            self._stop()
-
+            for worker in self._workers:
+                worker.stop()
