@@ -66,7 +66,7 @@ def fake_pdf(size: int = 200_000) -> bytes:
 
 def rate(fn, seconds: float, wall: bool = False) -> float:
     """Documents per CPU-second of this process (one core): steadier than wall time on a shared machine. `wall`:
-    per second of wall clock (the schematrons run in the validator's process while this one waits)."""
+    per second of wall clock (the schematrons run in the validator processes while this one waits)."""
     fn()                                   # warm-up
     count, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
@@ -132,7 +132,7 @@ def main() -> None:
                     for _ in range(max(args.repeat, 1)))
         print(f"{name}: {without:.0f} docs/s without schematron, {with_:.0f} docs/s with schematron (wall clock)")
     print(f"schematron cost per document after warm-up ({args.samples} runs each): CPU in this process, "
-          "and the round trip to the validator process (wall)")
+          "and the round trip to the two validator processes (wall)")
     local = Schematrons(str(shared / "schematrons/ansforge/schematrons"))
     isolated = checked.context.schematrons
     for name, (chain, message) in cases.items():
