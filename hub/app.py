@@ -132,6 +132,7 @@ class Hub:
         for chain in self.registry.names():          # every series exists from the start (dashboards, alerts)
             for decision in ("hold", "original", "notify"):
                 obs.TRANSFORM_FAILED.labels(chain, decision)
+        await asyncio.to_thread(self.registry.context.schematrons.warm)   # compiled once, before traffic
         self.rules = RulesService(s.rules, self.registry.names(), version_gauge=obs.RULES_VERSION,
                                   error_gauge=obs.RULES_FAILED)
         async with self.pool.acquire() as conn:

@@ -1,4 +1,4 @@
-"""The `hub` command: serve, db, accounts, trust, queue, directory, rules, audit, tokens, revocation.
+"""The `hub` command: serve, db, accounts, trust, queue, directory, rules, transform, audit, tokens, revocation.
 
 Each feature package contributes its subcommands through `hub/<package>/cli.py: register(subparsers)`; a subcommand
 sets `run=<async function(args, ctx) -> int>`. Errors: HubError subclasses print `hub: error: ...` on stderr and exit
@@ -78,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     from hub.queue import cli as queue_cli
     from hub.revocation import cli as revocation_cli
     from hub.rules import cli as rules_cli
+    from hub.transform import cli as transform_cli
 
     from hub import backup, quickstart
 
     for package in (app, quickstart, intake_cli, trust, queue_cli, directory_cli, rules_cli, audit_cli,
-                    revocation_cli):
+                    revocation_cli, transform_cli):
         package.register(sub)
 
     dbp = sub.add_parser("db", help="database maintenance")

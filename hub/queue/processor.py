@@ -142,7 +142,8 @@ class Processor:
         try:
             if "transform" in plan:
                 t = plan["transform"]
-                outcome = await asyncio.to_thread(self.registry.apply, t["chain"], body, t.get("params") or {})
+                outcome = await asyncio.to_thread(self.registry.apply, t["chain"], body, t.get("params") or {},
+                                                  account=msg["account"])
                 body = outcome.message
             if "headers" in plan:
                 body = apply_header_edits(body, plan["headers"])

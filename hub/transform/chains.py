@@ -1,9 +1,11 @@
-"""The named transform chains registered by `hub.transform.registry.build_registry`.
+"""The named transform chains: the one place that composes parsers (`parse/`), terminology (`terminology/`),
+builders (`build/`) and validators (`validate/`); `hub.transform.registry.build_registry` registers them.
 
 Each chain: (context, raw RFC 5322 message bytes, params) -> TransformOutcome. Input is untrusted; every CDA the
 hub produces or relays is validated against the CDA schema before it is packaged, or the chain raises TransformError.
 Common params: `now` (datetime or ISO 8601 string, default: the clock), `tz` (default "Europe/Paris"), `body`
-(text of the outgoing mail), `metadata` (dict, see `hub.transform.metadata`). Chain-specific params: docs/transform.md.
+(text of the outgoing mail), `metadata` (dict, see `hub.transform.parse.metadata`). Chain-specific params:
+docs/transform.md.
 """
 
 from __future__ import annotations
@@ -15,20 +17,23 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub.errors import ParseError, TransformError
-from hub.transform import metadata as md
-from hub.transform.cda import finish, n1_frame
-from hub.transform.cda_bio import CHAPTERS, build_cr_bio_n3
-from hub.transform.cda_info import CdaInfo, read_cda
-from hub.transform.cisis import build_ack, read_cisis
-from hub.transform.dates import now_ts
-from hub.transform.detect import classify
-from hub.transform.hl7v2 import parse_er7, read_lab_oru, read_patient, write_oru
-from hub.transform.hprim import parse_hprim_net, parse_hprim_sante
-from hub.transform.mime import Part, walk
+from hub.transform.build import mss
+from hub.transform.build.cda import finish, n1_frame
+from hub.transform.build.cda_bio import CHAPTERS, build_cr_bio_n3
+from hub.transform.build.pdf_report import render_report
+from hub.transform.build.xdm import build_xdm, read_xdm
 from hub.transform.model import LabReport
-from hub.transform import mss
-from hub.transform.registry import Context, Steps, TransformOutcome
-from hub.transform.xdm import build_xdm, read_xdm
+from hub.transform.parse import metadata as md
+from hub.transform.parse.cda_info import CdaInfo, read_cda
+from hub.transform.parse.cisis import build_ack, read_cisis
+from hub.transform.parse.detect import classify
+from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru, read_patient
+from hub.transform.parse.mdm import read_mdm
+from hub.transform.parse.hprim import parse_hprim_net, parse_hprim_sante
+from hub.transform.parse.mime import Part, walk
+from hub.transform.senders import SenderProfile
+from hub.transform.steps import Context, Steps, TransformOutcome
+from hub.transform.terminology.dates import now_ts
 
 V = "1.0"
 
@@ -69,10 +74,14 @@ def _classify(part: Part):
     return cached
 
 
-def _metadata(top, parts: list[Part], params: Mapping[str, Any]) -> dict[str, str]:
+def _metadata(ctx: Context, top, parts: list[Part], params: Mapping[str, Any],
+              mdm: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Lowest precedence first: the sender profile, an MDM^T02, the JSON part, the X-Hub-* headers, the rule."""
+    sender: SenderProfile = params.get("sender") or SenderProfile()
     found = _find(parts, "json")
-    layer = md.from_json(found[0].payload()) if found else {}
-    return md.merge(layer, md.from_headers(top), dict(params.get("metadata") or {}))
+    layer = md.from_json(found[0].payload(), sender.metadata_map) if found else {}
+    return md.merge(sender.metadata, mdm, layer, md.from_headers(top), dict(params.get("metadata") or {}),
+                    vs=ctx.value_sets)
 
 
 def _cda_step(ctx: Context, steps: Steps, name: str, data_in: bytes, xml: str | bytes,
@@ -82,7 +91,31 @@ def _cda_step(ctx: Context, steps: Steps, name: str, data_in: bytes, xml: str | 
     except TransformError as exc:
         raise steps.fail(name, V, data_in, exc) from None
     steps.add(name, V, data_in, data, validation, warnings)
-    return data, read_cda(root)
+    info = read_cda(root)
+    _conform(ctx, steps, data, info, produced=True)
+    return data, info
+
+
+def _conform(ctx: Context, steps: Steps, data: bytes, info: CdaInfo, *, produced: bool,
+             check: bytes | None = None) -> None:
+    """The ANS schematrons (volet + profiles) on a CDA: step `cda_schematron`. A document the hub produced that
+    fails an assertion is not sent when `transform.on_nonconformant` is "hold" (the rule's on_invalid decides, as for
+    any failed transformation); with "warn", and always for a sender's own CDA relayed as is, it goes with a warning.
+    The audit records the rule ids and locations only. `check`: the bytes to check when they differ from `data`
+    (the N1 with a stand-in for the PDF's base64)."""
+    if not ctx.schematrons.enabled:
+        return
+    result = ctx.schematrons.check(check or data, info.templates, info.code)
+    validation = result.summary()
+    if result.ok:
+        steps.add("cda_schematron", V, data, data, validation)
+        return
+    if produced and ctx.on_nonconformant == "hold":
+        err = TransformError(f"the document does not pass the ANS schematrons: {validation}")
+        err.validation = f"invalid: {validation}"
+        raise steps.fail("cda_schematron", V, data, err)
+    steps.add("cda_schematron", V, data, data, f"invalid: {validation}",
+              [f"sent although not conformant to the ANS schematrons: {len(result.failures)} failed assertion(s)"])
 
 
 def _package(ctx: Context, steps: Steps, top, docs: list[tuple[CdaInfo, bytes]], params: Mapping[str, Any],
@@ -104,25 +137,47 @@ def _package(ctx: Context, steps: Steps, top, docs: list[tuple[CdaInfo, bytes]],
                             recipients=list(recipients or []), ack=ack)
 
 
-def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, oru: bytes, params, seed: bytes, now: datetime,
-                pdf: bytes | None, warnings: list[str]) -> tuple[bytes, CdaInfo]:
+def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: bytes, params, seed: bytes,
+                now: datetime, pdf: bytes | None, warnings: list[str]) -> tuple[bytes, CdaInfo]:
     tz = _tz(params)
     chapter = str(params.get("chapter", "18719-5"))
     if chapter not in CHAPTERS:
         raise ParseError(f"unknown chapter {chapter!r} (one of {', '.join(sorted(CHAPTERS))})", where="params.chapter")
     if not report.sender.rpps:
         warnings.append("no RPPS for the validating biologist: author id sent as nullFlavor UNK")
+    if not report.sender.family:
+        warnings.append("no name for the validating biologist: sent as nullFlavor UNK")
     if not report.patient.ins_oid:
         warnings.append("no qualified INS: patient identified by the lab's local id")
+    elif not report.patient.birth_place_cog:
+        warnings.append("INS without the birth place (COG code): birth place sent as nullFlavor UNK")
+    if pdf is None:
+        pdf = render_report(report)
+        steps.add("report_to_pdf", V, raw, pdf)
     xml = build_cr_bio_n3(report, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
                           local_id_root=f"{ctx.hub_oid}.3", local_code_system=f"{ctx.hub_oid}.4", tz=tz,
-                          effective_time=now_ts(tz, now), pdf=pdf, chapter=chapter)
-    return _cda_step(ctx, steps, "oru_to_cda_n3", oru, xml, warnings)
+                          effective_time=now_ts(tz, now), vs=ctx.value_sets, pdf_b64=_PDF_MARK, chapter=chapter)
+    head, tail = xml.encode("utf-8").rsplit(_PDF_MARK.encode("ascii"), 1)   # the last one: the PDF section ends it
+    try:                       # the PDF copy's base64 checked with a stand-in, as for the N1 (see _PDF_STAND_IN)
+        checked, validation, root = finish(head + _PDF_STAND_IN + tail, ctx.validator)
+    except TransformError as exc:
+        raise steps.fail(name, V, raw, exc) from None
+    data = b"".join((head, base64.b64encode(pdf), tail))
+    steps.add(name, V, raw, data, validation, warnings)
+    info = read_cda(root)
+    _conform(ctx, steps, data, info, produced=True, check=checked)
+    return data, info
 
 
 def _pdf(parts: list[Part]) -> tuple[bytes, str] | None:
     found = _find(parts, "pdf")
     return (found[0].payload(), found[0].filename or "document.pdf") if found else None
+
+
+def _lab_report(ctx: Context, report: LabReport, top, parts: list[Part], params) -> tuple[LabReport, list[str]]:
+    sender: SenderProfile = params.get("sender") or SenderProfile()
+    report = md.complete_report(report, _metadata(ctx, top, parts, params), sender.ins_oid)
+    return ctx.loinc.apply(report)
 
 
 def hprim_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
@@ -135,16 +190,11 @@ def hprim_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) ->
     reports = parse_hprim_sante(raw) if kind == "hprim_sante" else parse_hprim_net(raw)
     if len(reports) != 1:
         raise TransformError(f"one patient per message: the HPRIM file has {len(reports)} patients")
-    now = _now(params)
-    report = md.complete_report(reports[0], _metadata(top, parts, params))
-    report, warnings = ctx.loinc.apply(report)
-    seed = hashlib.sha256(message).digest()
-    oru = write_oru(report, control_id=seed.hex()[:20], now=now.astimezone(_tz(params)).strftime("%Y%m%d%H%M%S"))
-    steps = Steps()
-    steps.add(f"{kind}_to_oru", V, raw, oru, "not_validated", warnings)
-    lab = read_lab_oru(parse_er7(oru))
+    report, warnings = _lab_report(ctx, reports[0], top, parts, params)
+    seed, now, steps = hashlib.sha256(message).digest(), _now(params), Steps()
     pdf = _pdf(parts)
-    data, info = _lab_to_cda(ctx, steps, lab, oru, params, seed, now, pdf[0] if pdf else None, [])
+    data, info = _lab_to_cda(ctx, steps, report, f"{kind}_to_cda_n3", raw, params, seed, now,
+                             pdf[0] if pdf else None, warnings)
     return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=pdf)
 
 
@@ -154,17 +204,19 @@ def hl7_oru_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) 
     if found is None:
         raise TransformError("no structured HL7 v2 ORU^R01 (LAB-3) in the message")
     raw = found[0].payload()
-    report = md.complete_report(read_lab_oru(parse_er7(raw)), _metadata(top, parts, params))
-    report, warnings = ctx.loinc.apply(report)
+    report, warnings = _lab_report(ctx, read_lab_oru(parse_er7(raw)), top, parts, params)
     seed, now, steps = hashlib.sha256(message).digest(), _now(params), Steps()
     pdf = _pdf(parts)
-    data, info = _lab_to_cda(ctx, steps, report, raw, params, seed, now, pdf[0] if pdf else None, warnings)
+    data, info = _lab_to_cda(ctx, steps, report, "oru_to_cda_n3", raw, params, seed, now,
+                             pdf[0] if pdf else None, warnings)
     return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=pdf)
 
 
 def cisis_hl7_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
     top, parts = walk(message)
     found = _find(parts, "hl7_oru", "hl7_mdm", flavour="cisis")
+    if found is None and _find(parts, "hl7_mdm", "hl7_oru", flavour="pdf") is not None:
+        return pdf_to_cda_n1_xdm(ctx, message, params)       # an HL7 document feed carrying a PDF: a letter
     if found is None:
         raise TransformError("no CI-SIS HL7 v2 message carrying a CDA in the message")
     raw = found[0].payload()
@@ -185,7 +237,9 @@ def cisis_hl7_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) ->
             err.validation = validation
             raise steps.fail("cisis_extract_cda", V, raw, err)
         steps.add("cisis_extract_cda", V, raw, doc.cda, validation, warnings)
-        docs.append((read_cda(root), doc.cda))
+        info = read_cda(root)
+        _conform(ctx, steps, doc.cda, info, produced=False)
+        docs.append((info, doc.cda))
     ack = build_ack(msg, now=now.astimezone(_tz(params)).strftime("%Y%m%d%H%M%S"))
     to = list(request.recipients) or None
     return _package(ctx, steps, top, docs, params, hashlib.sha256(message).digest(), now, pdf=_pdf(parts), to=to,
@@ -197,38 +251,52 @@ def cisis_hl7_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) ->
 # the text has been checked to be canonical base64 (`Part.mime_base64`: the base64 alphabet only), so the document
 # sent is valid exactly when the one checked is. It spares parsing ~270 KB of base64 per 200 KB PDF.
 _PDF_STAND_IN = b"JVBERi0xLjQK"          # base64 of "%PDF-1.4\n"
+_PDF_MARK = "@@HUB-PDF-BASE64@@"          # where the CR-BIO's PDF copy goes: its last section, after any sender text
 
 
 def pdf_to_cda_n1_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
-    """The step's input digest is the message's: the PDF and the metadata headers are both its input."""
+    """A PDF letter + its metadata, or an HL7 v2 MDM^T02 carrying the PDF. The step's input digest is the
+    message's: the PDF and the metadata are both its input."""
     top, parts = walk(message)
     found = _find(parts, "pdf")
+    mdm_meta: dict[str, str] = {}
+    part = None
     if found is None:
-        raise TransformError("no PDF attachment in the message")
-    part = found[0]
-    pdf_name = part.filename or "document.pdf"
+        mdm = _find(parts, "hl7_mdm", "hl7_oru", flavour="pdf")
+        if mdm is None:
+            raise TransformError("no PDF attachment (nor an HL7 MDM^T02 carrying one) in the message")
+        pdf_bytes, mdm_meta = read_mdm(parse_er7(mdm[0].payload()))
+        pdf_name = (mdm[0].filename or "document").rsplit(".", 1)[0] + ".pdf"
+    else:
+        part = found[0]
+        pdf_name = part.filename or "document.pdf"
     tz, now = _tz(params), _now(params)
-    meta = md.document_meta(_metadata(top, parts, params), doc_code=str(params.get("doc_code", "11490-0")),
-                            title=str(params.get("title", "")), now=now_ts(tz, now))
+    meta = md.document_meta(_metadata(ctx, top, parts, params, mdm_meta),
+                            doc_code=str(params.get("doc_code", "11490-0")), title=str(params.get("title", "")),
+                            now=now_ts(tz, now))
     seed, steps = hashlib.sha256(message).digest(), Steps()
     steps.known(message, seed.hex())
-    b64 = part.mime_base64()
+    b64 = part.mime_base64() if part is not None else None
     if b64 is not None:       # the usual case: no decoding, the sender's base64 reused in the CDA and the mail
         pdf, pdf_lines, text = b64.prefix(4096), b64.lines, b64.text
     else:
-        pdf = part.payload()
+        pdf = part.payload() if part is not None else pdf_bytes
         pdf_lines, text = None, [base64.b64encode(pdf)]
     try:
         head, tail = n1_frame(meta, pdf, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
-                              local_id_root=f"{ctx.hub_oid}.3", tz=tz)
-        _, validation, root = finish(head + _PDF_STAND_IN + tail, ctx.validator)
+                              local_id_root=f"{ctx.hub_oid}.3", tz=tz, vs=ctx.value_sets)
+        checked, validation, root = finish(head + _PDF_STAND_IN + tail, ctx.validator)
     except TransformError as exc:
         raise steps.fail("pdf_to_cda_n1", V, message, exc) from None
     data = b"".join([head, *text, tail])
     warnings = [] if meta.patient.qualified_ins else ["INS not qualified: X-MSS-INS will be N"]
+    if meta.patient.ins and not meta.patient.birth_place_cog:
+        warnings.append("INS without the birth place (COG code): birth place sent as nullFlavor UNK")
     steps.add("pdf_to_cda_n1", V, message, data, validation, warnings)
-    return _package(ctx, steps, top, [(read_cda(root), data)], params, seed, now, pdf=(pdf, pdf_name),
-                    pdf_lines=pdf_lines)
+    info = read_cda(root)
+    _conform(ctx, steps, data, info, produced=True, check=checked)
+    return _package(ctx, steps, top, [(info, data)], params, seed, now,
+                    pdf=(pdf if part is not None else pdf_bytes, pdf_name), pdf_lines=pdf_lines)
 
 
 def cda_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> TransformOutcome:
@@ -245,7 +313,9 @@ def cda_to_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -> Trans
             err.validation = validation
             raise steps.fail("cda_validate", V, raw, err)
         steps.add("cda_validate", V, raw, raw, validation)
-        docs.append((read_cda(root), raw))
+        info = read_cda(root)
+        _conform(ctx, steps, raw, info, produced=False)
+        docs.append((info, raw))
     if not docs:
         raise TransformError("no CDA document in the message")
     patients = {(i.patient.ins, i.patient.family, i.patient.birth_date) for i, _ in docs}

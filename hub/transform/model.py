@@ -2,7 +2,7 @@
 
 HPRIM Santé, HPRIM Net and HL7 v2 LAB-3 ORU all land in `LabReport`; the PDF chain lands in `DocumentMeta`.
 Plain frozen dataclasses: no parsing, no I/O, no settings. Dates are kept as the sender wrote them, normalised to
-`YYYYMMDD[HHMM[SS]]` digits (time zone added at CDA build time, see `hub.transform.cda_common.hl7_ts`).
+`YYYYMMDD[HHMM[SS]]` digits (time zone added at CDA build time, see `hub.transform.terminology.dates.cda_ts`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ LOINC = "2.16.840.1.113883.6.1"
 _NIR = re.compile(r"[1-478]\d{4}(?:\d{2}|2[AB])\d{8}")
 
 
+def birth_given_names(first: str, listed: str) -> str:
+    """All birth given names from the first one and the list a sender gives beside it (HL7 PID-5.3, HPRIM P-5.3):
+    the list already starts with the first given name in the French profiles; when it does not, it holds the
+    other names."""
+    first, listed = first.strip(), " ".join(listed.split())
+    if not listed or listed.split(" ")[0] == first or not first:
+        return listed or first
+    return f"{first} {listed}"
+
+
 def is_nir(value: str) -> bool:
     """15-character NIR/NIA shape (sex, year, month, department incl. 2A/2B, commune, order, key)."""
     return bool(_NIR.fullmatch(value))
@@ -33,15 +43,20 @@ class Patient:
     ins: str = ""                     # 15-character INS (NIR or NIA) when known
     ins_oid: str = ""                 # one of INS_OIDS when the sender asserted an INS
     family: str = ""                  # birth name
-    given: str = ""                   # birth first names, space separated (first one = first given name)
-    used_family: str = ""
+    given: str = ""                   # all birth given names, space separated (first one = first given name)
+    used_family: str = ""             # nom utilisé (when different from the birth name)
     birth_date: str = ""              # YYYYMMDD
     sex: str = ""                     # M / F / U
     address: tuple[str, ...] = ()     # street, city, postcode
+    first_name: str = ""              # premier prénom de l'acte de naissance, when the sender gives it apart
+    used_given: str = ""              # prénom utilisé
+    birth_place_cog: str = ""         # INSEE COG code of the birth commune (99xxx: country)
+    birth_place_city: str = ""
+    local_id_oid: str = ""            # OID of the sender's patient id domain (IPP), when the sender gives it
 
     @property
     def first_given(self) -> str:
-        return self.given.split(" ")[0] if self.given else ""
+        return self.first_name or (self.given.split(" ")[0] if self.given else "")
 
     @property
     def qualified_ins(self) -> bool:
@@ -59,6 +74,9 @@ class Party:
     local_code: str = ""              # code at the sender when no RPPS
     org_finess: str = ""              # 9-digit FINESS, without the leading 1
     org_name: str = ""
+    addr: tuple[str, ...] = ()        # address lines (the organisation's, for a laboratory)
+    telecom: str = ""                 # URI: tel:..., mailto:...
+    specialty: str = ""               # TRE_G15/R38 code, e.g. G15_10/SM03 (biologie médicale)
 
 
 @dataclass(frozen=True)
@@ -73,12 +91,44 @@ class Result:
     range_text: str = ""
     flag: str = ""                    # N, L, H, LL, HH, A, AA
     status: str = "F"
-    observed_at: str = ""             # YYYYMMDD[HHMM[SS]]
+    observed_at: str = ""             # YYYYMMDD[HHMM[SS]]: specimen / observation time (OBX-14)
     comments: tuple[str, ...] = ()
     code_system: str = "L"            # "L" local, "LN" LOINC
     loinc: str = ""
     loinc_label: str = ""
     ucum: str = ""
+    analysed_at: str = ""             # time of the analysis (HL7 OBX-19)
+    range_low_open: bool = False      # "> 60": the bound itself is outside the range
+    range_high_open: bool = False     # "< 3.0"
+    value2: str = ""                  # HPRIM Net second value and unit (conversion, e.g. g/l beside mmol/l)
+    unit2: str = ""
+    ucum2: str = ""
+    range2_low: str = ""
+    range2_high: str = ""
+    battery: int = 0                  # 1-based index in LabReport.batteries; 0: none
+    observer: "Party | None" = None   # the biologist who validated this result (OBX-16 / OBX-25), when given
+
+    @property
+    def range_display(self) -> str:
+        """The reference range as the laboratory wrote it, else from its bounds (`< 3.0`, `>= 60`, `4.1 - 5.9`)."""
+        if self.range_text:
+            return self.range_text
+        if self.range_low and self.range_high:
+            return f"{self.range_low} - {self.range_high}"
+        if self.range_high:
+            return ("< " if self.range_high_open else "<= ") + self.range_high
+        if self.range_low:
+            return ("> " if self.range_low_open else ">= ") + self.range_low
+        return ""
+
+
+@dataclass(frozen=True)
+class Battery:
+    """A requested battery (HL7 OBR-4): its code as the sender gave it, LOINC when known."""
+    local_code: str = ""
+    label: str = ""
+    loinc: str = ""
+    loinc_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,11 +141,13 @@ class LabReport:
     lab_file: str = ""
     collected_at: str = ""
     received_at: str = ""
-    report_date: str = ""
+    report_date: str = ""             # the report's own time (validation / OBR-22), the CDA author time
     results: tuple[Result, ...] = ()
     comments: tuple[str, ...] = ()
     status: str = "F"
     source: str = ""                  # "hprim_sante", "hprim_net", "hl7_oru"
+    batteries: tuple[Battery, ...] = ()
+    validated_at: str = ""            # last validation by the biologist, when given apart from report_date
 
     def with_results(self, results: tuple[Result, ...]) -> "LabReport":
         return replace(self, results=results)
@@ -116,3 +168,12 @@ class DocumentMeta:
     facility_code: str = "SA01"
     practice_setting: str = "ETABLISSEMENT"
     author_specialty: str = ""        # e.g. G15_10/SM26
+    author_time: str = ""             # when the author wrote it (default: effective_time)
+    doc_id_root: str = ""             # the sender's document id (else the hub derives one)
+    doc_id_ext: str = ""
+    set_id_root: str = ""
+    set_id_ext: str = ""
+    version: int = 1
+    gp: Party | None = None           # médecin traitant (participant INF / PCP)
+    encounter_id_root: str = ""
+    encounter_id_ext: str = ""

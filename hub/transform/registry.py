@@ -3,98 +3,32 @@
 
 Built once by the composition root (no module-level registry): it compiles the CDA schema and reads the LOINC map
 (settings `transform.cda_schema`, `transform.loinc_map`, `transform.hub_oid`, `transform.max_zip_entries`,
-`transform.max_zip_expanded`, `transform.max_xml_depth`) and the NIL value (`hub.nil`). `apply` is a pure, CPU-bound
+`transform.max_zip_expanded`, `transform.max_xml_depth`, `transform.schematron_dir`, `transform.value_sets`,
+`transform.on_nonconformant`, `transform.senders`) and the NIL value (`hub.nil`). `apply` is a pure, CPU-bound
 function (run it off the event loop). Errors: ParseError for malformed input, TransformError when no valid document
 can be produced (its `.steps` and `.validation` say why); any foreign exception is mapped to TransformError here.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+import atexit
+from pathlib import Path
 from types import MappingProxyType
+from typing import Any, Mapping
 
-from hub.errors import HubError, TransformError
+from hub.errors import HubError, ParseError, TransformError
 from hub.settings import TransformSection
-from hub.transform.loinc import LoincMap
-from hub.transform.xmlsafe import CdaValidator, SafeXml
+from hub.transform.chains import CHAINS
+from hub.transform.parse import metadata as md
+from hub.transform.parse.text import clean
+from hub.transform.senders import SenderProfiles
+from hub.transform.steps import Chain, Context, StepRecord, TransformOutcome
+from hub.transform.terminology.loinc import LoincMap
+from hub.transform.terminology.valuesets import ValueSets, default_paths
+from hub.transform.validate.schematron import IsolatedSchematrons, Schematrons
+from hub.transform.validate.xmlsafe import CdaValidator, SafeXml
 
-
-@dataclass(frozen=True)
-class StepRecord:
-    name: str
-    version: str
-    input_sha256: str
-    output_sha256: str
-    validation: str                    # "valid" | "invalid: <first error>" | "not_validated"
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TransformOutcome:
-    message: bytes
-    steps: list[StepRecord]
-    patient_ins: str | None = None     # for the audit's keyed hash only: never log it
-    patient_ins_oid: str | None = None
-    doc_codes: list[str] = field(default_factory=list)
-    recipients: list[str] = field(default_factory=list)
-    ack: bytes | None = None           # HL7 ACK to return to a CI-SIS sender
-
-    @property
-    def warnings(self) -> list[str]:
-        return [w for s in self.steps for w in s.warnings]
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything a chain may use; immutable, shared by every call."""
-    hub_oid: str
-    nil: str
-    validator: CdaValidator
-    xml: SafeXml
-    loinc: LoincMap
-    max_zip_entries: int
-    max_zip_expanded: int
-
-
-class Steps:
-    """Collects StepRecords while a chain runs."""
-
-    def __init__(self) -> None:
-        self.records: list[StepRecord] = []
-        # one output is the next step's input, one input may feed several steps: hash each once. Only the two
-        # latest are kept, so the chain's big intermediate buffers are not all pinned until it ends.
-        self._hashes: list[tuple[bytes, str]] = []
-
-    def sha256(self, data: bytes) -> str:
-        for known in self._hashes:
-            if known[0] is data:
-                self._hashes.remove(known)
-                self._hashes.append(known)
-                return known[1]
-        digest = hashlib.sha256(data).hexdigest()
-        self._hashes = [*self._hashes[-1:], (data, digest)]
-        return digest
-
-    def known(self, data: bytes, digest: str) -> None:
-        """The caller has already hashed `data` (hex SHA-256): reuse it."""
-        self._hashes = [*self._hashes[-1:], (data, digest)]
-
-    def add(self, name: str, version: str, data_in: bytes, data_out: bytes, validation: str = "not_validated",
-            warnings: list[str] | tuple[str, ...] = ()) -> None:
-        self.records.append(StepRecord(name, version, self.sha256(data_in), self.sha256(data_out), validation,
-                                       tuple(warnings)))
-
-    def fail(self, name: str, version: str, data_in: bytes, exc: TransformError) -> TransformError:
-        validation = getattr(exc, "validation", "") or f"invalid: {exc}"
-        self.records.append(StepRecord(name, version, self.sha256(data_in), "", validation, ()))
-        exc.steps = list(self.records)
-        exc.validation = validation
-        return exc
-
-
-Chain = Callable[[Context, bytes, Mapping[str, Any]], TransformOutcome]
+__all__ = ["Registry", "StepRecord", "TransformOutcome", "build_registry"]
 
 
 class Registry:
@@ -105,22 +39,62 @@ class Registry:
     def names(self) -> frozenset[str]:
         return frozenset(self._chains)
 
-    def apply(self, name: str, message: bytes, params: Mapping[str, Any] | None = None) -> TransformOutcome:
+    def apply(self, name: str, message: bytes, params: Mapping[str, Any] | None = None, *,
+              account: str | None = None) -> TransformOutcome:
+        """`account`: the sending establishment (its sender profile gives the constants and default params that the
+        rule's params override)."""
         chain = self._chains.get(name)
         if chain is None:
             raise TransformError(f"unknown transform chain {name!r} (known: {', '.join(sorted(self._chains))})")
+        sender = self.context.senders.get(account)
+        params = {**sender.params, **(params or {}), "sender": sender}
         try:
-            return chain(self.context, message, params or {})
+            return chain(self.context, message, params)
+        except ParseError as exc:    # what is recorded never carries NUL nor lone surrogates
+            raise ParseError(clean(exc.args[0] if exc.where is None else str(exc).split(": ", 1)[-1], 500),
+                             where=clean(exc.where, 200) if exc.where else None) from exc
+        except TransformError as exc:
+            if "\x00" in str(exc) or any(0xD800 <= ord(ch) <= 0xDFFF for ch in str(exc)):
+                clean_exc = TransformError(clean(str(exc), 500))
+                clean_exc.steps, clean_exc.validation = getattr(exc, "steps", []), clean(
+                    getattr(exc, "validation", ""))
+                raise clean_exc from exc
+            raise
         except HubError:
             raise
         except Exception as exc:     # the stage boundary: no foreign exception goes further
-            raise TransformError(f"chain {name} failed: {type(exc).__name__}: {exc}") from exc
+            raise TransformError(f"chain {name} failed: {type(exc).__name__}") from exc
 
 
 def build_registry(settings: TransformSection, nil: str) -> Registry:
-    from hub.transform.chains import CHAINS
-
+    """Compiles the CDA schema, reads the LOINC map, the value sets and the sender profiles; the schematrons are
+    compiled on first use (call `registry.context.schematrons.warm()` at start-up to pay it before traffic)."""
+    value_sets = ValueSets.from_paths(list(settings.value_sets) or default_paths(settings.schematron_dir))
     context = Context(hub_oid=settings.hub_oid, nil=nil, validator=CdaValidator(settings.cda_schema),
                       xml=SafeXml(settings.max_xml_depth), loinc=LoincMap.from_file(settings.loinc_map),
-                      max_zip_entries=settings.max_zip_entries, max_zip_expanded=settings.max_zip_expanded)
+                      max_zip_entries=settings.max_zip_entries, max_zip_expanded=settings.max_zip_expanded,
+                      schematrons=_schematrons(settings.schematron_dir), value_sets=value_sets,
+                      senders=SenderProfiles.from_file(settings.senders, md.KEYS),
+                      on_nonconformant=settings.on_nonconformant)
     return Registry(CHAINS, context)
+
+
+_COMPILED: dict[str, IsolatedSchematrons] = {}
+
+
+@atexit.register
+def _close_validators() -> None:
+    for validator in _COMPILED.values():
+        validator.close()
+
+
+def _schematrons(folder: str) -> Schematrons | IsolatedSchematrons:
+    """One compiled set per folder and process, in its own child process (SaxonC holds the GIL while it runs):
+    building a second registry (tests, `hub rules check`) reuses it."""
+    if not folder:
+        return Schematrons("")
+    key = str(Path(folder).resolve())
+    found = _COMPILED.get(key)
+    if found is None:
+        found = _COMPILED[key] = IsolatedSchematrons(folder)
+    return found

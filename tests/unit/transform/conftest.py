@@ -10,7 +10,7 @@ from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # tx_support, whatever pytest's import mode
 
-from tx_support import LOINC_CSV, XSD  # noqa: E402
+from tx_support import CORPUS, LOINC_CSV, SCHEMATRONS, XSD  # noqa: E402
 
 from hub.settings import TransformSection  # noqa: E402
 from hub.transform import build_registry  # noqa: E402
@@ -36,3 +36,14 @@ def settings(loinc_csv) -> TransformSection:
 @pytest.fixture(scope="session")
 def registry(settings):
     return build_registry(settings, "TESTNIL")
+
+
+@pytest.fixture(scope="session")
+def conformant(loinc_csv):
+    """A registry that runs the ANS schematrons on every document and holds (TransformError) a failing one; the
+    schematrons are compiled once per test session (the registry's per-process cache)."""
+    settings = TransformSection(cda_schema=str(XSD), loinc_map=str(loinc_csv), hub_oid="1.2.250.1.999.1",
+                                schematron_dir=str(SCHEMATRONS), senders=str(CORPUS / "senders.toml"))
+    registry = build_registry(settings, "TESTNIL")
+    registry.context.schematrons.warm()
+    return registry

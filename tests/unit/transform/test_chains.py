@@ -16,8 +16,8 @@ from tx_support import NOW, V3, make_pdf, mail, sample
 from hub.errors import ParseError, TransformError
 from hub.settings import TransformSection
 from hub.transform import build_registry, detect
-from hub.transform.xdm import read_xdm
-from hub.transform.xmlsafe import SafeXml
+from hub.transform.build.xdm import read_xdm
+from hub.transform.validate.xmlsafe import SafeXml
 
 PARAMS = {"now": NOW}
 QUALIFIED = {"patient_ins": "279035121518989", "patient_ins_oid": "1.2.250.1.213.1.4.10",
@@ -48,7 +48,11 @@ def unpack(message: bytes, schema) -> tuple:
 
 def obs(root) -> dict:
     found = root.xpath(".//h:observation[h:templateId/@root='1.3.6.1.4.1.19376.1.3.1.6']", namespaces=V3)
-    return {o.find("h:code", V3).get("code"): o for o in found}
+    out = {}
+    for o in found:
+        code = o.find("h:code", V3)
+        out[code.get("code") or code.find("h:translation", V3).get("code")] = o
+    return out
 
 
 def test_hprim_sante_to_cda_xdm(registry, schema):
@@ -56,10 +60,12 @@ def test_hprim_sante_to_cda_xdm(registry, schema):
                    headers="X-Hub-Patient-INS: 280026912345678\r\nX-Hub-Patient-INS-OID: 1.2.250.1.213.1.4.10\r\n"
                            "X-Hub-Author-RPPS: 801234567897\r\nX-Hub-Org-FINESS: 690000001\r\n")
     out = registry.apply("hprim_to_cda_xdm", message, PARAMS)
-    assert [s.name for s in out.steps] == ["hprim_sante_to_oru", "oru_to_cda_n3", "cda_to_xdm", "mss_message"]
+    assert [s.name for s in out.steps] == ["report_to_pdf", "hprim_sante_to_cda_n3", "cda_to_xdm", "mss_message"]
     assert out.steps[1].validation == "valid"
     assert out.patient_ins == "280026912345678" and out.patient_ins_oid == "1.2.250.1.213.1.4.10"
-    assert out.doc_codes == ["11502-2"] and out.warnings == []
+    assert out.doc_codes == ["11502-2"] and out.warnings == [
+        "no name for the validating biologist: sent as nullFlavor UNK",
+        "INS without the birth place (COG code): birth place sent as nullFlavor UNK"]
     msg, xdm, [cda], meta = unpack(out.message, schema)
     assert msg["X-MSS-CODECDA"] == "11502-2" and msg["X-MSS-INS"] == "O" and msg["X-MSS-NIL"] == "TESTNIL"
     assert msg["Subject"] == "XDM/1.0/DDM+Compte rendu d'examens biologiques NAISSANCE MARIE 14/02/1980"
@@ -101,7 +107,9 @@ def test_hprim_net_with_pdf_rendering_and_unmapped_codes(settings, schema):
     assert msg["X-MSS-INS"] == "N"
     assert [p.get_filename() for p in msg.iter_attachments()] == ["IHE_XDM.zip", "cr.pdf"]
     code = cda.find(".//h:observation/h:code", V3)
-    assert (code.get("code"), code.get("codeSystem")) == ("GLY", "1.2.250.1.999.1.4")
+    assert code.get("nullFlavor") == "OTH" and code.get("code") is None
+    local = code.find("h:translation", V3)
+    assert (local.get("code"), local.get("codeSystem")) == ("GLY", "1.2.250.1.999.1.4")
     media = cda.find(".//h:observationMedia/h:value", V3)
     assert media.get("mediaType") == "application/pdf"
     [section] = cda.xpath(".//h:section[h:templateId/@root='1.2.250.1.213.1.1.2.243']", namespaces=V3)

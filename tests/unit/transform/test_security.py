@@ -12,13 +12,13 @@ from tx_support import make_pdf, mail, sample
 
 from hub.errors import HubError, ParseError, TransformError
 from hub.transform import detect
-from hub.transform.cda_info import read_cda
-from hub.transform.cisis import read_cisis
-from hub.transform.hl7v2 import parse_er7, read_lab_oru
-from hub.transform.hprim import parse_hprim_net, parse_hprim_sante
-from hub.transform.metadata import from_json, merge
-from hub.transform.xdm import read_xdm
-from hub.transform.xmlsafe import SafeXml
+from hub.transform.parse.cda_info import read_cda
+from hub.transform.parse.cisis import read_cisis
+from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru
+from hub.transform.parse.hprim import parse_hprim_net, parse_hprim_sante
+from hub.transform.parse.metadata import from_json, merge
+from hub.transform.build.xdm import read_xdm
+from hub.transform.validate.xmlsafe import SafeXml
 
 XML = SafeXml(max_depth=64, max_bytes=1_000_000)
 XXE = b"""<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"""

@@ -14,6 +14,7 @@ if not SHARED.exists():
     SHARED = Path(os.environ.get("HUB_SHARED", "../shared")).resolve()
 SAMPLES = SHARED / "samples"
 XSD = SHARED / "schemas" / "cda" / "CDA_extended.xsd"
+SCHEMATRONS = SHARED / "schematrons" / "ansforge" / "schematrons"
 NOW = datetime(2025, 1, 15, 10, 30, tzinfo=timezone.utc)
 V3 = {"h": "urn:hl7-org:v3"}
 
@@ -47,3 +48,43 @@ def make_pdf(size: int = 2000) -> bytes:
     return (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n2 0 obj\n<< /Length "
             + str(len(body)).encode() + b" /Filter /FlateDecode >>\nstream\n" + body
             + b"\nendstream\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n")
+
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+
+def corpus(name: str) -> bytes:
+    return (CORPUS / name).read_bytes()
+
+
+def mdm_t02(pdf: bytes, *, txa2: str = "11490-0^Lettre de liaison à la sortie d'un établissement de soins^LN",
+            pid: str = "") -> bytes:
+    """An HL7 v2.6 MDM^T02 carrying a PDF letter (TXA + OBX ED), as a hospital's DPI sends it."""
+    pid = pid or ("PID|1||185057511212345^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS~IPP-5^^^CHN&"
+                  "1.2.250.1.999.88.1&ISO^PI||DUPONT-TEST^JEAN^JEAN PIERRE^^^^L~MARTIN-TEST^JP^^^^^D||19850512|M"
+                  "|||^^PARIS 11E^^^^BDL^^75111")
+    b64 = base64.b64encode(pdf).decode()
+    return "\r".join([
+        "MSH|^~\\&|DPI|CHN|HUB|REGION|20250402151500||MDM^T02^MDM_T02|MDM-1|P|2.6|||||FRA|UNICODE UTF-8",
+        "EVN|T02|20250402151500",
+        pid,
+        "PV1|1|I|CARDIO||||||||||||||||SEJ-55^^^CHN&1.2.250.1.999.88.4&ISO^VN|||||||||||||||||||||||||"
+        "20250328093000|20250402110000",
+        f"TXA|1|{txa2}|AP|20250402143000|10101234567^CARDIO^Pierre|20250402151200||||||DOC-991^^1.2.250.1.999.88.2"
+        "^ISO|||||AU|N",
+        f"OBX|1|ED|11490-0^Lettre de liaison^LN||^application^pdf^Base64^{b64}||||||F",
+    ]).encode("utf-8") + b"\r"
+
+
+def cdas(message: bytes) -> list[bytes]:
+    """The CDAs of an outgoing message's IHE_XDM.zip, in order."""
+    import io
+    import zipfile
+    from email import message_from_bytes, policy
+
+    msg = message_from_bytes(message, policy=policy.default)
+    for part in msg.iter_attachments():
+        if part.get_filename() == "IHE_XDM.zip":
+            z = zipfile.ZipFile(io.BytesIO(part.get_content()))
+            return [z.read(n) for n in sorted(z.namelist()) if n.startswith("IHE_XDM/SUBSET01/DOC")]
+    return []

@@ -1,7 +1,7 @@
 """Read the header of a CDA R2 document (ours or a sender's) into `CdaInfo`: what XDM metadata and MSSanté headers
 need (FORMATS.md §4.2, §5.2, MSSANTE.md §3.1).
 
-Input: an already safely parsed root (`hub.transform.xmlsafe.SafeXml.parse`). A root that is not a CDA
+Input: an already safely parsed root (`hub.transform.validate.xmlsafe.SafeXml.parse`). A root that is not a CDA
 ClinicalDocument raises ParseError. Reads no settings.
 """
 

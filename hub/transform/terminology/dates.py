@@ -2,7 +2,8 @@
 
 `norm_ts` checks an HL7/HPRIM timestamp `YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]` and returns it without the
 fraction; `cda_ts` adds the time zone the CDA requires (`YYYYMMDDHHMMSS+ZZZZ`) using the zone the caller passes
-(`Europe/Paris` by default in the chains). Invalid values raise ParseError with the caller's `where`.
+(`Europe/Paris` by default in the chains). Invalid values raise ParseError with the caller's `where`;
+the message never quotes the value (a birth date is a patient's).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from hub.errors import ParseError
 
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})?([+-]\d{4})?$")
 _DECIMAL = re.compile(r"^[+-]?(\d+([.,]\d*)?|[.,]\d+)$")
-_RANGE = re.compile(r"^\s*([+-]?\d+(?:[.,]\d+)?)\s*(?:-|à|a|;|\.\.)\s*([+-]?\d+(?:[.,]\d+)?)\s*$")
-_BOUND = re.compile(r"^\s*([<>])\s*=?\s*([+-]?\d+(?:[.,]\d+)?)\s*$")
+_NUM = r"([+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+))"
+_RANGE = re.compile(r"^" + _NUM + r"\s*(?:-|–|—|à|a|;|/|\.\.|_)\s*" + _NUM + r"$")
+_BOUND = re.compile(r"^(<=|>=|=<|=>|<|>|≤|≥|inf\.?(?:\s*ou\s*égal)?\s*(?:à|a)?|sup\.?(?:\s*ou\s*égal)?\s*(?:à|a)?|"
+                    r"inférieur(?:e)?\s*(?:ou\s*égal(?:e)?\s*)?(?:à|a)|supérieur(?:e)?\s*(?:ou\s*égal(?:e)?\s*)?(?:à|a)|"
+                    r"<\s*ou\s*=|>\s*ou\s*=)\s*" + _NUM + r"$", re.I)
+_ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$")
 
 
 def norm_ts(value: str, where: str, *, min_len: int = 8) -> str:
@@ -25,21 +30,35 @@ def norm_ts(value: str, where: str, *, min_len: int = 8) -> str:
         return ""
     m = _TS.match(value)
     if not m:
-        raise ParseError(f"invalid date/time {value!r}", where=where)
+        raise ParseError("invalid date/time (expected YYYYMMDD[HHMM[SS]][+ZZZZ] or ISO 8601)", where=where)
     parts = [p for p in m.groups()[:6] if p is not None]
     digits = "".join(parts)
     if len(digits) < min_len:
-        raise ParseError(f"date/time {value!r} is not precise enough", where=where)
+        raise ParseError("date/time is not precise enough (at least YYYYMMDD)", where=where)
     try:
         datetime(int(parts[0]), int(parts[1]) if len(parts) > 1 else 1, int(parts[2]) if len(parts) > 2 else 1,
                  int(parts[3]) if len(parts) > 3 else 0, int(parts[4]) if len(parts) > 4 else 0,
                  int(parts[5]) if len(parts) > 5 else 0)
     except ValueError:
-        raise ParseError(f"invalid date/time {value!r}", where=where) from None
+        raise ParseError("invalid date/time (no such day or time)", where=where) from None
     tz = m.group(7) or ""
     if tz and (int(tz[1:3]) > 14 or int(tz[3:]) > 59):
-        raise ParseError(f"invalid time zone in {value!r}", where=where)
+        raise ParseError("invalid time zone offset in a date/time", where=where)
     return digits + tz
+
+
+def any_ts(value: str, where: str) -> str:
+    """A date/time as HL7/CDA digits (`20250402151200+0200`) or ISO 8601 (`2025-04-02T15:12:00+02:00`,
+    `2025-04-02`, `...Z`) -> 'YYYYMMDD[HHMM[SS]][+ZZZZ]'. Empty stays empty."""
+    value = value.strip()
+    m = _ISO.match(value)
+    if not m:
+        return norm_ts(value, where)
+    y, mo, d, hh, mi, ss, zone = m.groups()
+    digits = y + mo + d + (hh + mi + (ss or "") if hh else "")
+    if zone:
+        zone = "+0000" if zone == "Z" else zone.replace(":", "")
+    return norm_ts(digits + (zone or ""), where)
 
 
 def fr_date(value: str, where: str) -> str:
@@ -51,7 +70,7 @@ def fr_date(value: str, where: str) -> str:
     m = re.match(r"^(\d{4})-(\d{2})-(\d{2})$", value)
     if m:
         return norm_ts("".join(m.groups()), where)
-    raise ParseError(f"invalid date {value!r} (expected dd/mm/yyyy)", where=where)
+    raise ParseError("invalid date (expected dd/mm/yyyy)", where=where)
 
 
 def cda_ts(value: str, tz: tzinfo) -> str:
@@ -97,21 +116,25 @@ def decimal(value: str) -> str:
 
 def split_range(text: str) -> tuple[str, str]:
     """'4.10 - 5.90' -> ('4.10', '5.90'); '< 5' -> ('', '5'); '> 3' -> ('3', ''); else ('', '')."""
+    low, high, _, _ = parse_range(text)
+    return low, high
+
+
+def parse_range(text: str) -> tuple[str, str, bool, bool]:
+    """A reference range as labs write it -> (low, high, low_open, high_open); ('', '', False, False) when it is
+    not numeric (it then goes as text). Shapes: `4.10 - 5.90`, `4,1-5,9`, `[4.1;5.9]`, `(45 à 90)`, `-0.5 - 0.5`,
+    `< 3.0` / `<3` / `inf. à 3` (high, open), `<= 3` / `≤ 3` / `< ou = 3` (high, closed), `> 60` / `sup. à 60`
+    (low, open), `>= 60` / `≥ 60` / `supérieur ou égal à 60` (low, closed)."""
     text = text.strip().strip("()[]").strip()
     m = _RANGE.match(text)
     if m:
-        return decimal(m.group(1)), decimal(m.group(2))
+        return decimal(m.group(1)), decimal(m.group(2)), False, False
     m = _BOUND.match(text)
     if m:
-        return ("", decimal(m.group(2))) if m.group(1) == "<" else (decimal(m.group(2)), "")
-    return "", ""
-
-
-def decode_text(data: bytes) -> str:
-    """HPRIM and HL7 bytes: UTF-8 when it decodes strictly, else ISO-8859-1 (the HPRIM norm). Never fails."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("iso-8859-1")
+        op = m.group(1).lower().replace(" ", "")
+        value = decimal(m.group(2))
+        closed = "=" in op or "≤" in op or "≥" in op or "égal" in op
+        if op.startswith(("<", "≤", "=<", "inf")):
+            return "", value, False, not closed
+        return value, "", not closed, False
+    return "", "", False, False

@@ -13,7 +13,7 @@ import binascii
 from dataclasses import dataclass
 
 from hub.errors import ParseError
-from hub.transform.hl7v2 import Er7, esc
+from hub.transform.parse.hl7v2 import Er7, esc
 
 STATUS = {"F": "initial", "C": "replace", "D": "delete"}
 MASKS = ("MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX")
@@ -114,7 +114,7 @@ def read_cisis(msg: Er7, patient_ins: str = "") -> CisisRequest:
                     address = xtn[3].strip()
                     break
             if address and ("@" not in address or any(c.isspace() for c in address)):
-                raise ParseError(f"invalid mail address {address!r}", where=seg.where(15))
+                raise ParseError("invalid mail address (no @, or a space in it)", where=seg.where(15))
             if role[0] == "RCT" and address:
                 recipients.append(address)
             elif role[0] == "REPLY" and address:

@@ -1,6 +1,6 @@
 """Detection: what a message carries, cheaply (no full parse), for the rules engine and the chains.
 
-Walks the MIME parts (`hub.transform.mime.walk`) and sniffs the first bytes of each leaf: IHE_XDM zip, CDA (document
+Walks the MIME parts (`hub.transform.parse.mime.walk`) and sniffs the first bytes of each leaf: IHE_XDM zip, CDA (document
 type code and level from a regex over the header), HL7 v2 (ORU / MDM; CI-SIS "CDA in HL7v2" flavour when an ED OBX
 carries a base64 document or MSH-21 names CISIS_CDA_HL7), HPRIM Santé (H record + delimiters), HPRIM Net
 (****LAB**** / ****FIN**** markers), PDF. Untrusted input; a MIME structure it cannot walk is a ParseError.
@@ -14,7 +14,7 @@ import zipfile
 import io
 from dataclasses import dataclass
 
-from hub.transform.mime import Part, walk
+from hub.transform.parse.mime import Part, walk
 
 KINDS = ("xdm", "cda", "hl7_oru", "hl7_mdm", "hprim_sante", "hprim_net", "pdf", "json", "other")
 _PRIORITY = {k: n for n, k in enumerate(("xdm", "cda", "hl7_mdm", "hl7_oru", "hprim_sante", "hprim_net", "pdf",
@@ -74,6 +74,15 @@ def _hl7(head: bytes, whole: bytes | None) -> tuple[str, str, str]:
     cisis = b"CISIS_CDA_HL7" in first[20] if len(first) > 20 else False
     ed = re.search(rb"(?:^|[\r\n])OBX" + re.escape(fs) + rb"[^\r\n]*?" + re.escape(fs) + rb"ED" + re.escape(fs)
                    + rb"([^\r\n" + re.escape(fs) + rb"]*)", data)
+    cs = re.escape(text[4:5])
+    pdf = None
+    if ed:
+        rest = re.search(rb"[\r\n]", data[ed.end():])
+        line = data[ed.start():ed.end() + (rest.start() if rest else len(data))]
+        pdf = re.search(rb"(?i)" + cs + rb"(?:application|AP)?" + cs + rb"pdf" + cs + rb"base64" + cs, line)
+    if ed and pdf:
+        code = ed.group(1).split(text[4:5])[0].decode("latin-1")
+        return kind, code, "pdf"            # an MDM^T02 / ORU carrying a PDF: the PDF-letter chain's input
     if ed or cisis:
         code = ed.group(1).split(text[4:5])[0].decode("latin-1") if ed else ""
         return kind, code, "cisis"

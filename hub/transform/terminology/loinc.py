@@ -1,9 +1,10 @@
-"""Local lab code -> LOINC mapping table, and local unit -> UCUM normalisation.
+"""Local lab code -> LOINC mapping table; applies the unit decision of `hub.transform.terminology.units`.
 
 The table is a CSV file (setting `transform.loinc_map`, path passed in): `local_code,loinc_code,loinc_label[,ucum_unit]`,
 UTF-8, `#` comments and a header line starting with `local_code` allowed. A malformed file is a ConfigError naming
 file:line. The map is read once by the registry factory; `apply` is pure: unmapped codes are kept with their local
-coding system and listed in the returned warnings, never dropped.
+coding system and listed in the returned warnings, never dropped. A LOINC the sender gave (HL7 OBX-3, HPRIM
+alternate code) is kept as given.
 """
 
 from __future__ import annotations
@@ -15,22 +16,11 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from hub.errors import ConfigError
-from hub.transform.model import LabReport
+from hub.transform.model import Battery, LabReport, Result
+from hub.transform.terminology.units import to_ucum
 
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 _UCUM_SAFE = re.compile(r"^[!-~]+$")   # printable ASCII, no space
-
-# common French lab spellings -> UCUM
-_UNITS = {
-    "mmol/l": "mmol/L", "µmol/l": "umol/L", "umol/l": "umol/L", "μmol/l": "umol/L", "nmol/l": "nmol/L",
-    "pmol/l": "pmol/L", "mol/l": "mol/L", "g/l": "g/L", "mg/l": "mg/L", "µg/l": "ug/L", "ug/l": "ug/L",
-    "ng/l": "ng/L", "ng/ml": "ng/mL", "pg/ml": "pg/mL", "mg/dl": "mg/dL", "g/dl": "g/dL", "ui/l": "[IU]/L",
-    "ui/ml": "[IU]/mL", "mui/l": "m[IU]/L", "µui/ml": "u[IU]/mL", "mui/ml": "m[IU]/mL", "u/l": "U/L", "%": "%",
-    "fl": "fL", "pg": "pg", "g/100ml": "g/dL", "giga/l": "10*9/L", "g/l (giga)": "10*9/L", "tera/l": "10*12/L",
-    "t/l": "10*12/L", "/mm3": "/mm3", "mm/h": "mm/h", "sec": "s", "s": "s", "ml/min": "mL/min",
-    "ml/min/1,73m2": "mL/min/{1.73_m2}", "ml/min/1.73m2": "mL/min/{1.73_m2}", "meq/l": "meq/L", "mosm/kg": "mosm/kg",
-}
-
 
 @dataclass(frozen=True)
 class LoincEntry:
@@ -84,33 +74,43 @@ class LoincMap:
             raise ConfigError(f"transform.loinc_map: cannot read {path}: {exc}") from None
 
     def apply(self, report: LabReport) -> tuple[LabReport, list[str]]:
-        """Fill LOINC code/label and UCUM unit on every result; return warnings for what stays local."""
+        """Fill LOINC code/label (when the sender gave none) and decide every result's UCUM unit; return warnings
+        for what stays local or goes as text. The laboratory's own unit decides (`units.to_ucum`); the map's UCUM
+        column is used only for a spelling the unit table does not know, or when the laboratory gave no unit."""
         out, warnings = [], []
+        batteries = tuple(self._battery(b) for b in report.batteries)
         for res in report.results:
-            entry = None if res.loinc else self.get(res.local_code)
-            if entry is not None:
-                res = replace(res, loinc=entry.loinc, loinc_label=entry.label, code_system="LN",
-                              ucum=entry.ucum or res.ucum)
+            entry = self.get(res.local_code) if res.local_code else None
+            if entry is not None and not res.loinc:
+                res = replace(res, loinc=entry.loinc, loinc_label=entry.label)
             elif not res.loinc:
-                warnings.append(f"unmapped local code {res.local_code!r} ({res.label}) kept with system "
-                                f"{res.code_system or 'L'}")
-            if res.unit and not res.ucum:
-                ucum = to_ucum(res.unit)
-                if ucum:
-                    res = replace(res, ucum=ucum)
-                elif res.value_type == "NM":
-                    warnings.append(f"unit {res.unit!r} of {res.local_code!r} has no UCUM form: value sent as text")
+                warnings.append(f"unmapped local code {res.local_code!r} kept with the laboratory's code system")
+            res = self._unit(res, entry, warnings)
             out.append(res)
-        return report.with_results(tuple(out)), warnings
+        return replace(report, results=tuple(out), batteries=batteries), warnings
 
+    def _battery(self, battery: Battery) -> Battery:
+        entry = None if battery.loinc else self.get(battery.local_code)
+        return replace(battery, loinc=entry.loinc, loinc_label=entry.label) if entry else battery
 
-def to_ucum(unit: str) -> str:
-    """Best-effort UCUM form of a lab unit, '' when unknown."""
-    u = unit.strip()
-    if not u:
-        return ""
-    known = _UNITS.get(u.lower().replace(" ", ""))
-    if known:
-        return known
-    return u if re.fullmatch(r"[A-Za-z0-9/.\[\]*{}%_-]+", u) and not re.search(r"ui|UI", u) else ""
-
+    @staticmethod
+    def _unit(res: Result, entry: LoincEntry | None, warnings: list[str]) -> Result:
+        mapped = entry.ucum if entry is not None else ""
+        ucum = to_ucum(res.unit)
+        if ucum is None:
+            ucum = mapped or None
+        elif not ucum and not res.unit:
+            ucum = mapped
+        elif mapped and ucum != mapped:
+            warnings.append(f"{res.local_code or res.loinc!r}: the laboratory's unit is UCUM {ucum!r}, the LOINC map says "
+                            f"{mapped!r}: the laboratory's unit is kept")
+        if ucum is None:
+            if res.value_type in ("NM", "SN"):
+                warnings.append(f"unit {res.unit!r} of {res.local_code or res.loinc!r} is not in the unit table: result sent as "
+                                "text with the unit as written")
+            ucum = ""
+        ucum2 = to_ucum(res.unit2) if res.unit2 else ""
+        if ucum2 is None:
+            warnings.append(f"second unit {res.unit2!r} of {res.local_code or res.loinc!r} is not in the unit table: sent as text")
+            ucum2 = ""
+        return replace(res, ucum=ucum, ucum2=ucum2)

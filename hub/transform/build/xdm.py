@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from hub.errors import ParseError
-from hub.transform.cda import x
-from hub.transform.cda_info import CdaInfo
+from hub.transform.build.cda import x
+from hub.transform.parse.cda_info import CdaInfo
 from hub.transform.model import Party
-from hub.transform.xmlsafe import SafeXml
+from hub.transform.validate.xmlsafe import SafeXml
 
 UUID_DOC_ENTRY = "urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1"
 UUID_SUBMISSION_SET = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"

@@ -6,7 +6,8 @@ DTD, never touches the network, keeps libxml2's huge-tree limits, caps the size 
 Every failure is a `hub.errors.ParseError` naming the line and column.
 
 `CdaValidator` compiles `CDA_extended.xsd` once (setting `transform.cda_schema`, passed in by the caller) and answers
-"valid" or "invalid: <first error>". An empty schema path means "not_validated".
+"valid" or "invalid: <first error>" (the values the error quotes are redacted). An empty schema path means
+"not_validated".
 """
 
 from __future__ import annotations
@@ -99,7 +100,21 @@ class CdaValidator:
         if self._schema.validate(root):
             return "valid"
         err = self._schema.error_log[0] if len(self._schema.error_log) else None
-        return f"invalid: line {err.line}: {err.message}" if err is not None else "invalid: unknown error"
+        return f"invalid: line {err.line}: {redact(err.message)}" if err is not None else "invalid: unknown error"
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+_NAME = re.compile(r"^(\{[^}]*\})?[A-Za-z_][\w.-]*$")
+
+
+def redact(message: str) -> str:
+    """A schema error names elements, attributes and types, and may quote the value that failed (a birth date, a
+    name): the value is replaced by '…' (what a step records never carries a document's values)."""
+    def one(m: re.Match) -> str:
+        before, after = message[max(0, m.start() - 6):m.start()], message[m.end():m.end() + 7]
+        value = before.lower().endswith("value ") or after.startswith(" is not") or before.endswith(": ")
+        return m.group(0) if _NAME.match(m.group(1)) and not value else "'…'"
+    return _QUOTED.sub(one, message)
 
 
 def _schema_parser() -> etree.XMLParser:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 
-from hub.transform.cda_info import CdaInfo
-from hub.transform.mime import Attachment, build_message
+from hub.transform.parse.cda_info import CdaInfo
+from hub.transform.parse.mime import Attachment, build_message
 
 SUBJECT_PREFIX = "XDM/1.0/DDM+"
 XDM_FILENAME = "IHE_XDM.zip"

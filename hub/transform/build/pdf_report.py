@@ -1,0 +1,149 @@
+"""A readable PDF of a lab report, rendered by the hub when the laboratory sends none (CR-BIO 2024.01 requires the
+FR-Document-PDF-copie section in every report).
+
+Rendered with ReportLab (`reportlab`, the PDF library; no PDF syntax written here) from the structured `LabReport`:
+laboratory, patient (names, birth date, sex, INS), prescriber, dates, every result with its value, unit, second
+value, reference range and flag, comments, and who validated it. A4, Helvetica, as many pages as the results need
+(numbered). ReportLab's open-source edition does not write PDF/A (that needs embedded fonts and an output intent,
+only in its commercial edition), so this is a plain PDF 1.4; the text is what the CDA says, so the GP's software
+shows the same report whether it reads the structured entries or the copy.
+
+Deterministic: the same report gives the same bytes (`invariant`: no creation date nor random id), so the XDM ids
+derived from the input stay stable. Pure; reads no settings.
+"""
+
+from __future__ import annotations
+
+import io
+
+from reportlab import rl_config
+from reportlab.lib.pagesizes import A4
+from reportlab.pdfgen import canvas
+
+from hub.transform.model import LabReport, Patient
+
+rl_config.useA85 = 0          # binary Flate streams: smaller, and no ASCII85 pass (only the hub uses ReportLab)
+TITLE = "Compte rendu d'examens biologiques"
+SEX = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
+FLAGS = {"L": "bas", "H": "haut", "LL": "critique bas", "HH": "critique haut", "A": "anormal",
+         "AA": "critique anormal", "N": ""}
+_WIDTH, _HEIGHT = A4
+_LEFT, _TOP, _BOTTOM = 42, _HEIGHT - 48, 54
+_LINE = 12.5
+_COLUMNS = (_LEFT, 250, 380, 500)          # analyte, result, reference, flag
+
+
+def _latin(text: str) -> str:
+    """Helvetica (a standard PDF font) covers Windows-1252: anything else shows as '?'."""
+    return text.encode("cp1252", "replace").decode("cp1252")
+
+
+def _date(value: str) -> str:
+    if len(value) < 8:
+        return value
+    out = f"{value[6:8]}/{value[4:6]}/{value[:4]}"
+    return out + (f" {value[8:10]}:{value[10:12]}" if len(value) >= 12 else "")
+
+
+class _Page:
+    def __init__(self, c: canvas.Canvas):
+        self.c = c
+        self.number = 1
+        self.y = _TOP
+        self.text = None
+        self._begin()
+
+    def _begin(self) -> None:
+        self.text = self.c.beginText()
+        self.text.setFont("Helvetica", 9)
+
+    def line(self, *cells: str, bold: bool = False, size: float = 9) -> None:
+        if self.y < _BOTTOM:
+            self.flush(last=False)
+            self.c.showPage()
+            self.number += 1
+            self.y = _TOP
+            self._begin()
+        self.text.setFont("Helvetica-Bold" if bold else "Helvetica", size)
+        for x, cell in zip(_COLUMNS, cells):
+            if cell:
+                self.text.setTextOrigin(x, self.y)
+                self.text.textOut(_latin(cell)[:96 if x == _LEFT and len(cells) == 1 else 44])
+        self.y -= _LINE if size <= 9 else _LINE + 4
+
+    def gap(self, n: float = 0.5) -> None:
+        self.y -= _LINE * n
+
+    def flush(self, last: bool) -> None:
+        self.c.drawText(self.text)
+        self.c.setFont("Helvetica", 7)
+        self.c.drawString(_LEFT, 30, _latin(f"Page {self.number}" + ("" if last else " (suite page suivante)")
+                                            + " - copie du compte rendu mise en page par le hub régional"))
+
+
+def _patient_lines(p: Patient) -> list[str]:
+    name = " ".join(x for x in (p.family.upper(), p.given) if x)
+    lines = [f"Patient : {name}"]
+    if p.used_family and p.used_family != p.family:
+        lines.append(f"Nom utilisé : {p.used_family.upper()}" + (f"  Prénom utilisé : {p.used_given}"
+                                                               if p.used_given else ""))
+    born = f"Né(e) le {_date(p.birth_date)}" if p.birth_date else "Date de naissance inconnue"
+    lines.append(born + (f"  Sexe : {SEX.get(p.sex, p.sex)}" if p.sex else "")
+                 + (f"  INS : {p.ins}" if p.ins and p.ins_oid else ""))
+    return lines
+
+
+def render_report(report: LabReport) -> bytes:
+    buf = io.BytesIO()
+    c = canvas.Canvas(buf, pagesize=A4, pageCompression=1, invariant=1)
+    c.setTitle(TITLE)
+    c.setAuthor(_latin(report.sender.org_name or "Laboratoire"))
+    c.setCreator("hub (copie du compte rendu structuré)")
+    page = _Page(c)
+    s = report.sender
+    page.line(TITLE, bold=True, size=13)
+    page.line(" ".join(x for x in (s.org_name, f"(FINESS {s.org_finess})" if s.org_finess else "") if x), bold=True)
+    for a in s.addr:
+        page.line(a)
+    page.gap()
+    for text in _patient_lines(report.patient):
+        page.line(text)
+    r = report.requester
+    if r.family or r.local_code:
+        page.line("Prescripteur : " + " ".join(x for x in (r.given, r.family or r.local_code) if x))
+    dates = [("Prélèvement", report.collected_at), ("Réception", report.received_at),
+             ("Compte rendu", report.report_date)]
+    page.line("   ".join(f"{k} : {_date(v)}" for k, v in dates if v))
+    if report.order_id:
+        page.line(f"Demande n° {report.order_id}")
+    page.gap()
+    page.line("Analyse", "Résultat", "Valeurs de référence", "", bold=True)
+    battery = 0
+    for res in report.results:
+        if res.battery != battery and 0 < res.battery <= len(report.batteries):
+            b = report.batteries[res.battery - 1]
+            if b.label or b.loinc_label:
+                page.line((b.label or b.loinc_label).upper(), bold=True)
+        battery = res.battery
+        value = " ".join(x for x in (res.value, res.unit) if x)
+        page.line(res.label or res.loinc_label or res.local_code, value, res.range_display,
+                  FLAGS.get(res.flag.upper(), res.flag))
+        if res.value2:
+            second = " ".join(x for x in (res.value2, res.unit2) if x)
+            rng = f"{res.range2_low} - {res.range2_high}" if res.range2_low and res.range2_high else ""
+            page.line("", second, rng)
+        for note in res.comments:
+            page.line("    " + note)
+    if report.comments:
+        page.gap()
+        page.line("Commentaires", bold=True)
+        for note in report.comments:
+            page.line(note)
+    page.gap()
+    who = " ".join(x for x in (s.given, s.family) if x)
+    page.line("Validé par : " + (who or "le biologiste du laboratoire") + (f" (RPPS {s.rpps})" if s.rpps else "")
+              + (f" le {_date(report.validated_at or report.report_date)}" if report.report_date else ""))
+    page.flush(last=True)
+    c.showPage()
+    c.save()
+    return buf.getvalue()

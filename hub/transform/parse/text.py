@@ -1,0 +1,45 @@
+"""Text of untrusted documents: decoding, and what no step may record.
+
+`decode_text(data, what)`: HPRIM and HL7 v2 bytes are UTF-8 when they decode strictly, else ISO-8859-1 (the HPRIM
+norm). A NUL byte (or any C0 control other than tab, CR, LF, VT, FF, FS) never occurs in a lab text file: such a
+file is corrupt or binary, and is refused with a ParseError naming its line (the document is never "sanitised" into
+something the laboratory did not send).
+
+`clean(text)`: what a transform step records (warnings, validation results, error messages) goes to the audit trail,
+a PostgreSQL text/jsonb column that cannot store NUL nor lone surrogates: they are replaced by U+FFFD, and the text is
+capped. Pure; reads no settings.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hub.errors import ParseError
+
+_BAD = re.compile(r"[\x00-\x08\x0e-\x1b\x1d-\x1f\ud800-\udfff\ufffe\uffff]")
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+_LINES = re.compile(r"\r\n|\r|\n")
+MAX_RECORDED = 2000
+
+
+def decode_text(data: bytes, what: str = "document") -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("iso-8859-1")
+    bad = _BAD.search(text)
+    if bad is not None:
+        line = len(_LINES.split(text[: bad.start()]))
+        raise ParseError(f"{what}: control character U+{ord(bad.group()):04X} in the text (corrupted or binary "
+                         "content)", where=f"line {line}")
+    return text
+
+
+def clean(text: str, limit: int = MAX_RECORDED) -> str:
+    """Text safe to record in the audit trail (no NUL, no lone surrogate), at most `limit` characters."""
+    text = str(text)
+    if _UNSTORABLE.search(text):
+        text = _UNSTORABLE.sub("\ufffd", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,97 @@
+"""`hub transform check FILE`: what an operator runs before switching a new lab on; exit 0 conformant, 1 not
+conformant, 2 unusable file (missing, unreadable, not recognised, malformed)."""
+
+from __future__ import annotations
+
+import pytest
+from tx_support import CORPUS, SCHEMATRONS, XSD, corpus, make_pdf
+
+from hub.cli import main
+
+
+@pytest.fixture
+def config(tmp_path, loinc_csv):
+    path = tmp_path / "hub.toml"
+    path.write_text(f'[transform]\ncda_schema = "{XSD}"\nschematron_dir = "{SCHEMATRONS}"\n'
+                    f'senders = "{CORPUS / "senders.toml"}"\nloinc_map = "{loinc_csv}"\n')
+    return str(path)
+
+
+def test_a_conformant_lab_file_exits_0_with_a_readable_report(config, capsys):
+    assert main(["--config", config, "transform", "check", str(CORPUS / "hs_alpha_hemato.hpr"),
+                 "--account", "labo-alpha"]) == 0
+    out = capsys.readouterr().out
+    assert "detected: hprim_sante" in out and "chain: hprim_to_cda_xdm (account labo-alpha)" in out
+    assert "step cda_schematron: conformant (5 schematrons)" in out
+    assert "CDA schema: valid" in out and "0 failed assertions" in out and out.rstrip().endswith("result: conformant")
+
+
+def test_a_lab_without_its_constants_exits_1_naming_each_failed_rule(config, capsys):
+    assert main(["--config", config, "transform", "check", str(CORPUS / "hs_gamma_serologie.hpr")]) == 1
+    out = capsys.readouterr().out
+    assert "[ASIP-STRUCT-MIN-StrucMin.sch]" in out and "at /ClinicalDocument/author/assignedAuthor/id" in out
+    assert "result: NOT conformant" in out
+
+
+def test_a_letter_with_its_metadata_file(config, tmp_path, capsys):
+    pdf = tmp_path / "lettre.pdf"
+    pdf.write_bytes(make_pdf())
+    assert main(["--config", config, "transform", "check", str(pdf), "--metadata",
+                 str(CORPUS / "letter_nested.json")]) == 0
+    assert "chain: pdf_to_cda_n1_xdm" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "no such file"),
+    (b"bonjour\n", "the file carries nothing the hub transforms (detected: other)"),
+    (corpus("hs_alpha_hemato.hpr")[:300], "HPRIM Santé: no L (end) record: the file is incomplete"),
+])
+def test_an_unusable_file_exits_2_with_the_reason(config, tmp_path, capsys, content, expected):
+    path = tmp_path / "sample.txt"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["--config", config, "transform", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hub: error: ") and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("settings, names", [
+    ({"schematron_dir": "/nonexistent/schematrons"}, "transform.schematron_dir: /nonexistent/schematrons/"),
+    ({"value_sets": ["/nonexistent/jdv"]}, "transform.value_sets: /nonexistent/jdv"),
+    ({"senders": "/nonexistent/senders.toml"}, "transform.senders: cannot read /nonexistent/senders.toml"),
+])
+def test_a_transform_misconfiguration_stops_at_start_naming_the_setting(settings, names):
+    from hub.errors import ConfigError
+    from hub.settings import TransformSection
+    from hub.transform import build_registry
+
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        build_registry(TransformSection(**settings), "NIL")
+
+
+@pytest.mark.parametrize("text, names", [
+    ('[lab]\nins_oid = "1.2.3"\n', "[lab] ins_oid '1.2.3' is not an INS OID"),
+    ('[lab]\norg_fines = "1"\n', "[lab] unknown key 'org_fines'"),
+    ('[lab]\n[lab.metadata_map]\n"patient.birth_name" = 3\n', "[lab.metadata_map] must map model paths"),
+    ("[lab\n", "cannot read"),
+])
+def test_a_bad_sender_profile_is_refused_with_file_and_account(tmp_path, text, names):
+    from hub.errors import ConfigError
+    from hub.settings import TransformSection
+    from hub.transform import build_registry
+
+    path = tmp_path / "senders.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        build_registry(TransformSection(senders=str(path)), "NIL")
+    assert str(path) in str(err.value) and names in str(err.value)
+
+
+def test_on_nonconformant_accepts_hold_or_warn_only(tmp_path):
+    from hub.errors import ConfigError
+    from hub.settings import load
+
+    path = tmp_path / "hub.toml"
+    path.write_text('[transform]\non_nonconformant = "ignore"\n')
+    with pytest.raises(ConfigError, match="transform.on_nonconformant: expected hold or warn"):
+        load(str(path))
