@@ -50,6 +50,8 @@ EXAMPLES: dict[str, list[str]] = {
     "tokens add": ["hub tokens add grafana-ops --role operator", "hub tokens add dpo --role auditor"],
     "tokens list": ["hub tokens list"],
     "tokens revoke": ["hub tokens revoke grafana-ops"],
+    "transform check": ["hub transform check labo-bioxa-2025-12-01.hpr --account labo-bioxa",
+                        "hub transform check lettre.eml --chain pdf_to_cda_n1_xdm --metadata lettre.json"],
     "revocation status": ["hub revocation status"],
     "revocation refresh": ["hub revocation refresh"],
     "db migrate": ["hub db migrate"],

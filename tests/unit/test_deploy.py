@@ -78,7 +78,8 @@ def test_package_metadata():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "Apache-2.0"       # PEP 639 string, not the deprecated table
     names = {re.split(r"[<>=; \[]", d)[0].lower() for d in meta["project"]["dependencies"]}
-    module = {"prometheus-client": "prometheus_client", "dnspython": "dns", "pyyaml": "yaml"}
+    module = {"prometheus-client": "prometheus_client", "dnspython": "dns", "pyyaml": "yaml",
+              "rl-accel": "_rl_accel"}
     source = "\n".join(p.read_text() for p in (ROOT / "hub").rglob("*.py"))
     for name in names:                                     # every dependency is one the code uses
         mod = module.get(name, name.replace("-", "_"))
