@@ -23,6 +23,7 @@ folder that is missing or does not compile is a ConfigError naming it (start-up 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -48,6 +49,7 @@ _QUERY_BINDING = re.compile(r'(<(?:\w+:)?schema\b[^>]*?\squeryBinding\s*=\s*)"xs
 _VERSION = re.compile(r'(<(?:xsl:)?stylesheet\b[^>]*?\sversion\s*=\s*)"1\.0"', re.S)
 _TEXT = re.compile(r"\s+")
 _SVRL_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+PRE_EVALUATE_DOC = "http://saxon.sf.net/feature/preEvaluateDocFunction"
 _STEP = re.compile(r"\*:?\[local-name\(\)='([^']+)'(?: and namespace-uri\(\)='[^']*')?\]")
 
 
@@ -144,6 +146,8 @@ class Schematrons:
             from saxonche import PySaxonProcessor
 
             self._proc = PySaxonProcessor(license=False)
+            if self.optimised:     # the value-set files the rules read with doc('...'): loaded once, not per document
+                self._proc.set_configuration_property(PRE_EVALUATE_DOC, "true")
         return self._proc
 
     def compiled(self, name: str) -> _Compiled:
@@ -209,40 +213,60 @@ class Schematrons:
 
 # ------------------------------------------------------------------ speed, with the same failed assertions
 #
-# The skeleton's validator walks the whole document twice per pattern (an `apply-templates` in the default mode,
-# which outputs nothing, inside each `svrl:active-pattern`, then the pattern's own mode): the CI-SIS profiles have
-# ~200 patterns each, most for templates a given document does not use. Two changes that cannot change a failed
-# assertion: the default-mode walk is dropped (it only reaches the "strip text" template), and a pattern all of whose
-# rule contexts require an element with a given templateId (`*[cda:templateId/@root='X']...`, no `or`, `|` nor
-# `not(`) runs only when the document has such a templateId somewhere (else none of its rules can fire).
-# And a pattern whose every rule context is an absolute path from `//hl7:ClinicalDocument[...]` that cannot reach
-# below `ClinicalDocument/component/*` (the "structuration minimale" rules, which check the header) does not walk
-# the body's elements, unless the body holds another ClinicalDocument (then it walks it all, as before).
+# The skeleton's validator walks the whole document once per pattern, in the pattern's mode, trying every node
+# against the pattern's rules (and a second time in the default mode, which outputs nothing). The changes below
+# cannot change a failed assertion, and the test suite checks it on mutated documents (bench/schematron_verdicts.py
+# on a larger set):
+#  * the default-mode walk is dropped (it only reaches the "strip text" template);
+#  * select, don't walk: a node matches a pattern P exactly when it is in the result of the expression `//(P)`
+#    (XSLT 2.0, 5.5.3), so the nodes a pattern's rules can fire on are the union of its rule contexts, evaluated
+#    as expressions, in document order. The pattern's mode is applied to that union instead of the walk, and its
+#    rule templates no longer walk their children: each such node is met once, in the same order, and the template
+#    priorities still decide which rule of the pattern fires (the first), as in the walk. Done for patterns whose
+#    rule contexts select elements by name tests (`//hl7:ClinicalDocument[...]/hl7:author/*[...]`, the
+#    "structuration minimale" rules; `*[cda:templateId/@root='X']/cda:code`, most CI-SIS rules); the shared first
+#    step is evaluated once per document (`//X` in a variable, `*[templateId/@root='X']` through an xsl:key on the
+#    templateIds). A pattern with no rule for an element (only `/`, or none) no longer walks at all;
+#  * a pattern whose rules all need an element with a given templateId (`*[cda:templateId/@root='X']...`, no `or`,
+#    `|` nor `not(`) runs only when the document has such a templateId somewhere (else none of its rules can fire);
+#  * a pattern left to the walk whose every rule context is an absolute path from `//hl7:ClinicalDocument[...]`
+#    that cannot reach below `ClinicalDocument/component/*` does not walk the body's elements, unless the body
+#    holds another ClinicalDocument (then it walks it all, as before).
 
 _XSL = "http://www.w3.org/1999/XSL/Transform"
 _SCH = "http://purl.oclc.org/dsdl/schematron"
+_V3 = "urn:hl7-org:v3"
 _GUARD = re.compile(r"templateId(?:/@root\s*=\s*|\[\s*@root\s*=\s*)(['\"])([0-9.]+)\1")
 _UNGUARDED = re.compile(r"\sor\s|\||not\s*\(|!=")
+# a step that selects elements of the child axis by a name test: `hl7:author`, `*`, `cda:*`, with any predicates
+_NAME_STEP = re.compile(r"(?:child::)?(?:\*|[A-Za-z_][\w.-]*(?::(?:[A-Za-z_][\w.-]*|\*))?)(?:\[.*\])?", re.S)
+# `*[cda:templateId/@root='X']` or `*[cda:templateId[@root='X']]` (any element with that templateId)
+_KEYED = re.compile(r"\*\[\s*(?:\./)?(\w+):templateId(?:\s*/\s*@root\s*=\s*(['\"])([^'\"]*)\2\s*"
+                    r"|\[\s*@root\s*=\s*(['\"])([^'\"]*)\4\s*\]\s*)\]")
 
 
-def _steps(path: str) -> list[str]:
-    """`a[x/y]/b//c` -> ['a[x/y]', 'b', '', 'c'] (slashes inside predicates or strings do not split)."""
-    steps, depth, quote, cur = [], 0, "", ""
-    for ch in path:
+def _split(text: str, sep: str) -> list[str]:
+    """Split at `sep` outside predicates, parentheses and strings: `a[x/y]/b//c` -> ['a[x/y]', 'b', '', 'c']."""
+    parts, depth, quote, cur = [], 0, "", ""
+    for ch in text:
         if quote:
             quote = "" if ch == quote else quote
         elif ch in "'\"":
             quote = ch
-        elif ch == "[":
+        elif ch in "[(":
             depth += 1
-        elif ch == "]":
+        elif ch in "])":
             depth -= 1
-        elif ch == "/" and depth == 0:
-            steps.append(cur)
+        elif ch == sep and depth == 0:
+            parts.append(cur)
             cur = ""
             continue
         cur += ch
-    return steps + [cur]
+    return parts + [cur]
+
+
+def _steps(path: str) -> list[str]:
+    return _split(path, "/")
 
 
 def header_only(expanded: str) -> frozenset[str]:
@@ -293,6 +317,70 @@ def guards(expanded: str) -> dict[str, frozenset[str]]:
     return out
 
 
+class _Selector:
+    """Rule contexts -> the expression selecting every node they match (see above), or None when a context is of
+    a form this does not handle (the pattern keeps its walk). Shared first steps become variables and keys."""
+
+    def __init__(self, nsmap: dict):
+        self.nsmap = nsmap
+        self.variables: dict[str, str] = {}      # expression -> variable name
+        self.keys: dict[str, str] = {}           # prefix of urn:hl7-org:v3 -> key name
+
+    def select(self, contexts: list[str]) -> str | None:
+        trie: dict = {}
+        whole = False
+        for context in contexts:
+            for alternative in _split(context.strip(), "|"):
+                alternative = alternative.strip()
+                if alternative == "/":
+                    whole = True
+                    continue
+                path = self._path(alternative)
+                if path is None:
+                    return None
+                node = trie
+                for step in path:
+                    node = node.setdefault(step, {})
+                node[None] = {}                  # a rule selects the nodes of this path itself
+        parts = (["/"] if whole else []) + [self._expr(step, sub) for step, sub in trie.items()]
+        return " | ".join(parts) if parts else "()"
+
+    def _path(self, context: str) -> list[str] | None:
+        steps = _steps(context)
+        if steps[0] == "":                       # absolute: `//first/...` (a lone `/first/...`: kept as is)
+            if len(steps) < 3 or steps[1] != "":
+                return None
+            first, rest = steps[2], steps[3:]
+        else:
+            first, rest = steps[0], steps[1:]
+        if not _NAME_STEP.fullmatch(first) or (rest and rest[-1] == "") or any(
+                s and not _NAME_STEP.fullmatch(s) for s in rest):
+            return None
+        # '' (a `//` inside the path) is descendant-or-self::node(): a step of its own in the union's tree
+        return [self._first(first)] + ["descendant-or-self::node()" if s == "" else s for s in rest]
+
+    def _first(self, step: str) -> str:
+        keyed = _KEYED.fullmatch(step)
+        if keyed and self.nsmap.get(keyed.group(1)) == _V3:
+            prefix = keyed.group(1)
+            value = keyed.group(3) if keyed.group(3) is not None else keyed.group(5)
+            name = self.keys.setdefault(prefix, f"hub-tid-{len(self.keys) + 1}")
+            return f"key('{name}', {_literal(value)})"
+        expr = f"//{step}"
+        return "$" + self.variables.setdefault(expr, f"hub-n{len(self.variables) + 1}")
+
+    def _expr(self, step: str, sub: dict) -> str:
+        if set(sub) == {None}:
+            return step
+        inner = ["."] if None in sub else []
+        inner += [self._expr(s, t) for s, t in sub.items() if s is not None]
+        return f"{step}/({' | '.join(inner)})"
+
+
+def _literal(value: str) -> str:
+    return f"'{value}'" if "'" not in value else f'"{value}"'
+
+
 def optimise(generated: str, pattern_guards: dict[str, frozenset[str]],
              headers: frozenset[str] = frozenset()) -> str:
     root = etree.fromstring(generated.encode("utf-8"), _SVRL_PARSER)
@@ -300,6 +388,11 @@ def optimise(generated: str, pattern_guards: dict[str, frozenset[str]],
     output = next(iter(main.iterchildren(f"{{{SVRL}}}schematron-output")), None)
     if output is None:
         return generated
+    by_mode: dict[str, list] = {}
+    for template in root.iterfind(f"{{{_XSL}}}template"):
+        if template.get("mode"):
+            by_mode.setdefault(template.get("mode"), []).append(template)
+    selector = _Selector(dict(root.nsmap))
     tids = etree.Element(f"{{{_XSL}}}variable", name="hub-tids",
                          select="distinct-values(//*:templateId/@root)")
     main.insert(main.index(output), tids)
@@ -312,20 +405,94 @@ def optimise(generated: str, pattern_guards: dict[str, frozenset[str]],
                 el.remove(walk)
         ident = next((a.text for a in el.iterfind(f"{{{_XSL}}}attribute") if a.get("name") == "id"), None)
         run = children[i + 1] if i + 1 < len(children) else None
-        if ident in headers and run is not None and run.get("mode"):
+        if run is None or run.tag != f"{{{_XSL}}}apply-templates" or run.get("select") != "/" or not run.get("mode"):
+            continue
+        mode = run.get("mode")
+        if not _select(run, by_mode.get(mode, []), selector) and ident in headers:
             prune = etree.SubElement(root, f"{{{_XSL}}}template", match="/*/*[local-name() = 'component']/*",
-                                     priority="-1.9", mode=run.get("mode"))
+                                     priority="-1.9", mode=mode)
             cond = etree.SubElement(prune, f"{{{_XSL}}}if", test="descendant::*[local-name() = 'ClinicalDocument']")
-            etree.SubElement(cond, f"{{{_XSL}}}apply-templates", select="*", mode=run.get("mode"))
+            etree.SubElement(cond, f"{{{_XSL}}}apply-templates", select="*", mode=mode)
         needed = pattern_guards.get(ident or "")
-        if not needed or run is None or run.tag != f"{{{_XSL}}}apply-templates" or run.get("select") != "/":
+        if not needed:
             continue
         test = "$hub-tids = (" + ", ".join(f"'{t}'" for t in sorted(needed)) + ")"
         guard = etree.Element(f"{{{_XSL}}}if", test=test)
         el.addprevious(guard)
         guard.append(el)
         guard.append(run)
+    for expr, name in selector.variables.items():
+        main.insert(main.index(tids), etree.Element(f"{{{_XSL}}}variable", name=name, select=expr))
+    for prefix, name in selector.keys.items():
+        root.insert(0, etree.Element(f"{{{_XSL}}}key", name=name, match=f"*[{prefix}:templateId]",
+                                     use=f"{prefix}:templateId/@root"))
+    _share(root, by_mode)
     return etree.tostring(root, encoding="unicode")
+
+
+_VARIABLE = re.compile(r"\$([A-Za-z_][\w.-]*)")
+
+
+def _share(root, by_mode: dict[str, list]) -> None:
+    """An assertion that several rules share (the "structuration minimale" rules inherit the same data-type
+    assertions through `extends`: 13,000 copies of 900 distinct ones) is written once, as a named template that
+    each rule calls: call-template keeps the context node, position and size, and the variables of the rule that
+    the assertion reads are passed as parameters of the same names. Compiling and holding the rules then costs a
+    fraction of the time and memory."""
+    seen: dict[tuple, list] = {}
+    for templates in by_mode.values():
+        for template in templates:
+            local: set[str] = set()
+            for child in template:
+                if child.tag in (f"{{{_XSL}}}variable", f"{{{_XSL}}}param"):
+                    local.add(child.get("name"))
+                elif child.tag in (f"{{{_XSL}}}choose", f"{{{_XSL}}}if"):
+                    names = {m.group(1) for el in child.iter() if isinstance(el.tag, str)
+                             for value in el.attrib.values() for m in _VARIABLE.finditer(value)}
+                    key = (etree.tostring(child), tuple(sorted(names & local)))
+                    seen.setdefault(key, []).append(child)
+    count = 0
+    for (_, params), uses in seen.items():
+        if len(uses) < 2:
+            continue
+        count += 1
+        name = f"hub-assert-{count}"
+        shared = etree.SubElement(root, f"{{{_XSL}}}template", name=name)
+        for param in params:
+            etree.SubElement(shared, f"{{{_XSL}}}param", name=param)
+        shared.append(copy.deepcopy(uses[0]))
+        for use in uses:
+            call = etree.Element(f"{{{_XSL}}}call-template", name=name)
+            for param in params:
+                etree.SubElement(call, f"{{{_XSL}}}with-param", name=param, select=f"${param}")
+            call.tail = use.tail
+            use.getparent().replace(use, call)
+
+
+_DEFAULTS = {("text()", "-1"), ("@*|node()", "-2")}     # the skeleton's own templates in a pattern's mode
+
+
+def _select(run, templates: list, selector: _Selector) -> bool:
+    """Apply the pattern's mode to the nodes its rules can match instead of walking the document (see above);
+    False when the pattern keeps its walk."""
+    mode = run.get("mode")
+    rules = [t for t in templates if (t.get("match"), t.get("priority")) not in _DEFAULTS]
+    if len(templates) - len(rules) != 2:
+        return False
+    recursions = []
+    for rule in rules:
+        last = rule[-1] if len(rule) else None
+        if (last is None or last.tag != f"{{{_XSL}}}apply-templates" or last.get("select") != "*"
+                or last.get("mode") != mode or len(last) or not rule.get("priority")):
+            return False
+        recursions.append(last)
+    selected = selector.select([r.get("match") for r in rules])
+    if selected is None:
+        return False
+    for rule, last in zip(rules, recursions):
+        rule.remove(last)
+    run.set("select", selected)
+    return True
 
 
 def _reparse(proc, text: str, base: Path):
