@@ -88,3 +88,59 @@ def cdas(message: bytes) -> list[bytes]:
             z = zipfile.ZipFile(io.BytesIO(part.get_content()))
             return [z.read(n) for n in sorted(z.namelist()) if n.startswith("IHE_XDM/SUBSET01/DOC")]
     return []
+
+
+MUTATIONS = ("remove element", "rename element", "wrong code", "wrong OID", "remove templateId", "empty attribute",
+             "remove attribute", "empty text", "duplicate element", "add nullFlavor")
+
+
+def mutate(doc: bytes, seed: int, kind: str) -> bytes:
+    """One deterministic defect of `kind` (MUTATIONS) in a copy of a CDA, at an element drawn with `seed`: what a
+    sender's software or a hand edit gets wrong (elements removed or renamed, codes and OIDs changed, templateIds
+    missing, attributes emptied...). The document stays well-formed."""
+    import random
+
+    from lxml import etree
+
+    rng = random.Random(seed)
+    root = etree.fromstring(doc)
+    els = [e for e in root.iter() if isinstance(e.tag, str) and e is not root]
+
+    def pick(cond=lambda e: True):
+        found = [e for e in els if cond(e)]
+        return rng.choice(found) if found else rng.choice(els)
+
+    if kind == "remove element":
+        el = pick()
+        el.getparent().remove(el)
+    elif kind == "rename element":
+        el = pick()
+        el.tag = etree.QName(el).namespace and f"{{{etree.QName(el).namespace}}}{etree.QName(el).localname}X" or "X"
+    elif kind == "wrong code":
+        pick(lambda e: e.get("code") is not None).set("code", rng.choice(["XXXX", "12345-6", "N", "0"]))
+    elif kind == "wrong OID":
+        pick(lambda e: e.get("root") is not None or e.get("codeSystem") is not None).set(
+            "root" if rng.random() < 0.6 else "codeSystem", rng.choice(["1.2.3.4.5", "1..2", "2.16.840.1.113883.6.1"]))
+    elif kind == "remove templateId":
+        el = pick(lambda e: etree.QName(e).localname == "templateId")
+        el.getparent().remove(el)
+    elif kind in ("empty attribute", "remove attribute"):
+        el = pick(lambda e: bool(e.attrib))
+        if el.attrib:
+            name = rng.choice(sorted(el.attrib))
+            if kind == "empty attribute":
+                el.set(name, "")
+            else:
+                del el.attrib[name]
+    elif kind == "empty text":
+        pick(lambda e: bool((e.text or "").strip())).text = ""
+    elif kind == "duplicate element":
+        import copy
+
+        el = pick()
+        el.addnext(copy.deepcopy(el))
+    elif kind == "add nullFlavor":
+        pick().set("nullFlavor", rng.choice(["UNK", "NI", "OTH"]))
+    else:
+        raise ValueError(kind)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
