@@ -351,13 +351,29 @@ def serve(settings: Settings) -> int:
         watch = PostgresWatch(embedded, settings.data_dir / "postgresql.status.json") if embedded else None
         log.info("hub_starting", processes=n, smtp=settings.smtp.listen, smtp_port=listeners.smtp_port,
                  http=settings.http.listen, http_port=listeners.http_port, pid=os.getpid())
-        return Supervisor(n, worker, pg=watch).run()
+        services = _validators(settings)
+        return Supervisor(n, worker, pg=watch, services=services).run()
     finally:
         if embedded is not None:       # the embedded server lives and dies with `hub serve`
             embedded.stop()
         metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
         if os.path.basename(metrics_dir).startswith("hub-metrics-"):
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _validators(settings: Settings) -> list:
+    """The ANS schematron validators, started once for every worker process of the node (their compiled rules
+    take hundreds of MB): hub.transform.validate.service."""
+    if not settings.transform.schematron_dir:
+        return []
+    from hub.transform.registry import use_shared_validators
+    from hub.transform.validate.service import ValidatorService
+
+    service = ValidatorService(settings.transform.schematron_dir, settings.data_dir,
+                               settings.transform.schematron_processes)
+    use_shared_validators(settings.transform.schematron_dir, service.addresses)
+    service.start()
+    return [service]
 
 
 def register(sub) -> None:

@@ -134,6 +134,7 @@ class TransformSection:
     max_zip_expanded: int = 104857600
     max_xml_depth: int = 256
     schematron_dir: str = ""             # the ANS `schematrons` folder: every produced CDA is checked; empty: no check
+    schematron_processes: int = 1        # hub serve: validator processes per group of sets, shared by the workers
     value_sets: list[str] = field(default_factory=list)   # ANS value-set folders/files; empty: beside schematron_dir
     on_nonconformant: str = "hold"       # a produced CDA failing an ANS assertion: hold (not sent) or warn (sent)
     senders: str = ""                    # TOML file of sender profiles (FINESS, name, INS policy...) per account
@@ -304,6 +305,9 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"setting revocation.{key}: expected a positive number of seconds")
     if not 0 <= s.trust.max_removed_ratio <= 1:
         raise ConfigError(f"setting trust.max_removed_ratio: expected 0 to 1, got {s.trust.max_removed_ratio!r}")
+    if not 1 <= s.transform.schematron_processes <= 32:
+        raise ConfigError(f"setting transform.schematron_processes: expected 1 to 32, got "
+                          f"{s.transform.schematron_processes}")
     if s.transform.on_nonconformant not in ("hold", "warn"):
         raise ConfigError(f"setting transform.on_nonconformant: expected hold or warn, got "
                           f"{s.transform.on_nonconformant!r}")

@@ -195,6 +195,7 @@ class Supervisor:
     processes: int
     target: Callable[[int, int], int]        # runs in the child: (index, pipe write end) -> exit code
     pg: PostgresWatch | None = None
+    services: list = field(default_factory=list)   # other children it keeps running: reaped(pid, status), poll, close
     workers: list[Worker] = field(default_factory=list)
     stopping: bool = False
     exit_code: int = 0
@@ -218,6 +219,8 @@ class Supervisor:
                 signal.signal(sig, handler)
             if self.pg is not None:
                 self.pg.close()
+            for service in self.services:
+                service.close()
             for fd in self._wake:
                 os.close(fd)
 
@@ -272,6 +275,8 @@ class Supervisor:
             if pid == 0:
                 break
             if self.pg is not None and self.pg.reaped(pid, status):
+                continue
+            if any(service.reaped(pid, status) for service in self.services):
                 continue
             w = next((x for x in self.workers if x.pid == pid), None)
             if w is None:
@@ -338,6 +343,8 @@ class Supervisor:
                     w.last_beat = now
             if self.pg is not None:
                 self.pg.poll(now)
+            for service in self.services:
+                service.poll(now)
             if watchdog is not None and now >= next_ping:
                 sdnotify.notify("WATCHDOG=1")
                 next_ping = now + watchdog

@@ -24,7 +24,7 @@ from hub.audit.store import Event, record
 from hub.db import UNAVAILABLE, storable
 from hub.delivery.client import Outcome
 from hub.delivery.notify import enqueue_notification
-from hub.errors import HubError, TransformError
+from hub.errors import HubError, TemporaryError, TransformError
 from hub.pipeline import apply_header_edits
 
 log = structlog.get_logger("hub.processing")
@@ -149,6 +149,8 @@ class Processor:
                 body = apply_header_edits(body, plan["headers"])
         except TransformError as exc:
             return exc
+        except TemporaryError:                   # the schematron validators restarting: processed again later
+            raise
         except HubError as exc:                  # a parse error in the input document is a failed transform too
             return TransformError(str(exc))
         return body, outcome

@@ -26,6 +26,7 @@ from hub.transform.steps import Chain, Context, StepRecord, TransformOutcome
 from hub.transform.terminology.loinc import LoincMap
 from hub.transform.terminology.valuesets import ValueSets, default_paths
 from hub.transform.validate.schematron import IsolatedSchematrons, Schematrons
+from hub.transform.validate.service import SharedSchematrons
 from hub.transform.validate.xmlsafe import CdaValidator, SafeXml
 
 __all__ = ["Registry", "StepRecord", "TransformOutcome", "build_registry"]
@@ -88,12 +89,24 @@ def _close_validators() -> None:
         validator.close()
 
 
-def _schematrons(folder: str) -> Schematrons | IsolatedSchematrons:
+_SHARED: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+
+
+def use_shared_validators(folder: str, addresses: list[tuple[str, tuple[str, ...]]]) -> None:
+    """`hub serve`: the registries of this process and of the worker processes it forks use the node's validator
+    processes (hub.transform.validate.service) for this rules folder, instead of starting their own."""
+    _SHARED[str(Path(folder).resolve())] = addresses
+
+
+def _schematrons(folder: str) -> Schematrons | IsolatedSchematrons | SharedSchematrons:
     """One compiled set per folder and process, in its own child process (SaxonC holds the GIL while it runs):
-    building a second registry (tests, `hub rules check`) reuses it."""
+    building a second registry (tests, `hub rules check`) reuses it. Under `hub serve`: the node's shared
+    validator processes."""
     if not folder:
         return Schematrons("")
     key = str(Path(folder).resolve())
+    if key in _SHARED:
+        return SharedSchematrons(folder, _SHARED[key])
     found = _COMPILED.get(key)
     if found is None:
         found = _COMPILED[key] = IsolatedSchematrons(folder)

@@ -23,7 +23,9 @@ folder that is missing or does not compile is a ConfigError naming it (start-up 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import json
 import os
 import re
@@ -118,11 +120,16 @@ class _Compiled:
 class Schematrons:
     """The compiled ANS schematrons of one rules folder. Build once per process (the registry does)."""
 
-    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None, optimised: bool = True):
+    def __init__(self, folder: str, *, sets: tuple[str, ...] | None = None, optimised: bool = True,
+                 cache: str | Path | None = None):
         """`optimised=False`: the skeleton's stylesheets as generated (slower; the same failed assertions, which
-        the test suite checks on mutated documents)."""
+        the test suite checks on mutated documents). `cache`: a folder where the generated validators are kept
+        across restarts (keyed by the rules' content, this module and the engine's versions; `hub serve` uses
+        data_dir/cache/schematron): a start then only compiles them."""
         self.folder = Path(folder) if folder else None
         self.optimised = optimised
+        self.cache = Path(cache) if cache else None
+        self._key: str | None = None
         self._compiled: dict[str, _Compiled] = {}
         self._lock = threading.Lock()
         self._proc = None
@@ -174,25 +181,51 @@ class Schematrons:
         path = (self.folder / name).resolve()
         proc = self._processor()
         xslt = proc.new_xslt30_processor()
+        cached = self._cached(name)
+        if cached is not None:
+            try:
+                return xslt.compile_stylesheet(stylesheet_node=_reparse(proc, cached.read_text("utf-8"), path))
+            except (OSError, UnicodeDecodeError, PySaxonApiError):
+                pass                               # unreadable or damaged: generated again below
         try:
-            text = path.read_text(encoding="utf-8")
-            text = _QUERY_BINDING.sub(r'\1"xslt"', text, count=1)
-            builder = proc.new_document_builder()
-            builder.set_base_uri(path.as_uri())
-            node = builder.parse_xml(xml_text=text)
-            for step in ("iso_dsdl_include.xsl", "iso_abstract_expand.xsl"):
-                exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / step))
-                expanded = exe.transform_to_string(xdm_node=node)
-                node = _reparse(proc, expanded, path)
-            exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / "iso_svrl_for_xslt1.xsl"))
-            exe.set_parameter("attributes", proc.make_string_value("false"))
-            exe.set_parameter("generate-fired-rule", proc.make_string_value("false"))
-            generated = _VERSION.sub(r'\1"2.0"', exe.transform_to_string(xdm_node=node), count=1)
-            if self.optimised:
-                generated = optimise(generated, guards(expanded), header_only(expanded))
-            return xslt.compile_stylesheet(stylesheet_node=_reparse(proc, generated, path))
+            generated = self._generate(proc, xslt, path)
+            compiled = xslt.compile_stylesheet(stylesheet_node=_reparse(proc, generated, path))
         except (OSError, UnicodeDecodeError, PySaxonApiError) as exc:
             raise ConfigError(f"transform.schematron_dir: {path} does not compile: {_line(str(exc))}") from None
+        if cached is not None:
+            _write_atomic(cached, generated)
+        return compiled
+
+    def _cached(self, name: str) -> Path | None:
+        """Where the generated validator of this set is kept, or None (no cache)."""
+        if self.cache is None or self.folder is None:
+            return None
+        if self._key is None:
+            self._key = cache_key(self.folder, self.optimised)
+            for stale in self.cache.glob("*.xsl"):          # validators of older rules or an older hub
+                if not stale.name.startswith(self._key[:24]):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+        return self.cache / f"{self._key[:24]}-{name.replace('/', '_')}.xsl"
+
+    def _generate(self, proc, xslt, path: Path) -> str:
+        """The skeleton's validator for one schematron, optimised unless `optimised=False`."""
+        text = path.read_text(encoding="utf-8")
+        text = _QUERY_BINDING.sub(r'\1"xslt"', text, count=1)
+        builder = proc.new_document_builder()
+        builder.set_base_uri(path.as_uri())
+        node = builder.parse_xml(xml_text=text)
+        for step in ("iso_dsdl_include.xsl", "iso_abstract_expand.xsl"):
+            exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / step))
+            expanded = exe.transform_to_string(xdm_node=node)
+            node = _reparse(proc, expanded, path)
+        exe = xslt.compile_stylesheet(stylesheet_file=str(SKELETON / "iso_svrl_for_xslt1.xsl"))
+        exe.set_parameter("attributes", proc.make_string_value("false"))
+        exe.set_parameter("generate-fired-rule", proc.make_string_value("false"))
+        generated = _VERSION.sub(r'\1"2.0"', exe.transform_to_string(xdm_node=node), count=1)
+        if self.optimised:
+            generated = optimise(generated, guards(expanded), header_only(expanded))
+        return generated
 
     def check(self, cda: bytes | str, template_ids: tuple[str, ...] | list[str], code: str = "", *,
               only: tuple[str, ...] | None = None) -> Conformance:
@@ -495,6 +528,39 @@ def _select(run, templates: list, selector: _Selector) -> bool:
     return True
 
 
+def cache_key(folder: Path, optimised: bool = True) -> str:
+    """SHA-256 of what a generated validator depends on: every file of the rules folder (name and content), this
+    module (the optimiser), the skeleton's files and the engine's version."""
+    import saxonche
+
+    h = hashlib.sha256(f"{saxonche.__name__} {_engine_version()} lxml {etree.LXML_VERSION} {optimised}".encode())
+    for base in (Path(__file__), *sorted(SKELETON.glob("*.xsl"))):
+        h.update(base.name.encode() + b"\0" + base.read_bytes())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode("utf-8") + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _engine_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("saxonche")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Best effort (a cache): written whole or not at all."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def _reparse(proc, text: str, base: Path):
     builder = proc.new_document_builder()
     builder.set_base_uri(base.as_uri())
@@ -540,15 +606,22 @@ def serve(folder: str, sets: tuple[str, ...] | None, reader, writer) -> None:
     writer.write(json.dumps({"ready": True}) + "\n")
     writer.flush()
     for line in reader:
-        try:
-            req = json.loads(line)
-            only = tuple(req["only"]) if req.get("only") else None
-            result = schematrons.check(req["cda"], tuple(req["templates"]), req["code"], only=only)
-            answer = {"checked": list(result.checked), "failures": [list(astuple(f)) for f in result.failures]}
-        except Exception as exc:                   # one document SaxonC cannot run on: say so, keep serving
-            answer = {"failed": f"{type(exc).__name__}: {_line(str(exc))}"}
-        writer.write(json.dumps(answer, ensure_ascii=True) + "\n")
+        writer.write(answer(schematrons, line) + "\n")
         writer.flush()
+
+
+def answer(schematrons: Schematrons, line: bytes | str) -> str:
+    """One request line -> its answer line (without the newline), for the pipe and the socket validators."""
+    try:
+        req = json.loads(line)
+        if req.get("ping"):
+            return json.dumps({"ready": True})
+        only = tuple(req["only"]) if req.get("only") else None
+        result = schematrons.check(req["cda"], tuple(req["templates"]), req["code"], only=only)
+        out = {"checked": list(result.checked), "failures": [list(astuple(f)) for f in result.failures]}
+    except Exception as exc:                   # one document SaxonC cannot run on: say so, keep serving
+        out = {"failed": f"{type(exc).__name__}: {_line(str(exc))}"}
+    return json.dumps(out, ensure_ascii=True)
 
 
 STRUCMIN = PROFILES[3]
