@@ -56,6 +56,7 @@ class Hub:
         self.smtp_server = None
         self.http_runner = None
         self.rules = None
+        self.conformance_warning: str | None = None    # set by _check_conformance
         self.smtp_port: int | None = None
         self.http_port: int | None = None
         self.sample: health.Sample | None = None     # the last queue / freshness sample (worker 0)
@@ -137,6 +138,7 @@ class Hub:
                                   error_gauge=obs.RULES_FAILED)
         async with self.pool.acquire() as conn:
             await self.rules.start(conn, actor=f"hub process {self.index}")
+        self._check_conformance()
         key = load_patient_key(s)
         self.patient_key = lambda ins: patient_key(ins, key)
         self.patient_secret = key
@@ -177,9 +179,22 @@ class Hub:
                 obs.DATABASE_UP.set(0)
                 log.warning("view_refresh_failed", error=f"{type(exc).__name__}: {exc}")
 
+    def _check_conformance(self) -> None:
+        """A rule that produces a CDA while no ANS rules are configured: said at start-up, on /healthz, in a
+        metric (deploy/alerts.yml)."""
+        from hub.transform.registry import UNCHECKED, unchecked_chains
+
+        chains = unchecked_chains(self.registry, self.rules.current)
+        obs.CONFORMANCE_UNCHECKED.set(1 if chains else 0)
+        self.conformance_warning = UNCHECKED.format(chains=", ".join(chains)) if chains else None
+        if chains and self.index == 0:
+            log.warning("conformance_not_checked", setting="transform.schematron_dir", chains=chains,
+                        detail=self.conformance_warning)
+
     async def reload_rules(self, actor: str) -> None:
         async with self.pool.acquire() as conn:
             result = await self.rules.reload(conn, actor=actor)
+        self._check_conformance()
         log.info("rules_reloaded" if result.ok else "rules_reload_failed", version=result.version,
                  changed=result.changed, errors=[str(e) for e in result.errors][:5])
 

@@ -31,6 +31,9 @@ QUEUE_DEPTH = Gauge("hub_queue_recipients", "Recipients waiting (pending, queued
 RULES_VERSION = Gauge("hub_rules_version", "Active routing rule-set version", multiprocess_mode="livemax")
 RULES_FAILED = Gauge("hub_rules_reload_failed", "1 while the rule files on disk are invalid (last good set kept)",
                      multiprocess_mode="livemax")
+CONFORMANCE_UNCHECKED = Gauge("hub_transform_conformance_unchecked", "1 while the active rules use a chain that "
+                              "produces a CDA and transform.schematron_dir is empty (no ANS check)",
+                              multiprocess_mode="livemax")
 REVOCATION = Counter("hub_certificate_revocation_checks_total", "Certificate revocation verdicts (CRL)", ["status"])
 PROCESSED = Counter("hub_messages_processed_total", "Messages through the processing stage", ["outcome"])
 TRANSFORM_FAILED = Counter("hub_transform_failures_total", "Transformations that could not produce a valid document,"

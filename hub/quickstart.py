@@ -138,7 +138,7 @@ poll_interval = 0.5
 "{DOMAIN}" = "127.0.0.1:{args.operator_port}"
 [rules]
 dir = "{args.rules.resolve()}"
-""")
+{_transform_section()}""")
     (d / "liste-blanche.xml").write_text(
         '<?xml version="1.0" encoding="UTF-8"?><ListeBlancheMSSante xmlns="https://listeblanche.mssante.fr/schema">'
         f"<DateDeGeneration>{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}</DateDeGeneration><ListeDomaines>"
@@ -152,6 +152,17 @@ dir = "{args.rules.resolve()}"
          "Content-Type: text/plain; charset=utf-8\r\n\r\nBonjour,\r\nceci est un message de test du quickstart.\r\n")
         .encode())
     return config, password
+
+
+def _transform_section() -> str:
+    """The ANS rules and the CDA schema when they lie beside the repository (../shared): every CDA the quickstart
+    hub produces is then checked as in production (deploy/README.md, "ANS conformance rules")."""
+    for shared in (Path.cwd().parent / "shared", Path(__file__).resolve().parents[2] / "shared"):
+        rules, xsd = shared / "schematrons/ansforge/schematrons", shared / "schemas/cda/CDA_extended.xsd"
+        if rules.is_dir():
+            schema = f'cda_schema = "{xsd.resolve()}"\n' if xsd.is_file() else ""
+            return f'[transform]\n{schema}schematron_dir = "{rules.resolve()}"\n'
+    return ""
 
 
 # ---- the stand-in operator -----------------------------------------------------------------------------------

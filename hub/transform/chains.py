@@ -363,6 +363,11 @@ def replace_headers(message: bytes, headers: list[tuple[str, str]]) -> bytes:
     return new + b"".join(kept) + rest
 
 
+# the chains whose output carries a CDA the GP's software files: without transform.schematron_dir their
+# conformance is not checked, which the hub says loudly (hub.transform.registry.unchecked_chains)
+CDA_CHAINS = frozenset({"hprim_to_cda_xdm", "hl7_oru_to_cda_xdm", "cisis_hl7_to_xdm", "pdf_to_cda_n1_xdm",
+                        "cda_to_xdm"})
+
 CHAINS = {
     "hprim_to_cda_xdm": hprim_to_cda_xdm,
     "hl7_oru_to_cda_xdm": hl7_oru_to_cda_xdm,

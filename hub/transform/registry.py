@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from hub.errors import HubError, ParseError, TransformError
 from hub.settings import TransformSection
-from hub.transform.chains import CHAINS
+from hub.transform.chains import CDA_CHAINS, CHAINS
 from hub.transform.parse import metadata as md
 from hub.transform.parse.text import clean
 from hub.transform.senders import SenderProfiles
@@ -78,6 +78,19 @@ def build_registry(settings: TransformSection, nil: str) -> Registry:
                       senders=SenderProfiles.from_file(settings.senders, md.KEYS),
                       on_nonconformant=settings.on_nonconformant)
     return Registry(CHAINS, context)
+
+
+def unchecked_chains(registry: Registry, rules) -> list[str]:
+    """The chains of this rule set (hub.rules RuleSet) that produce or relay a CDA while no ANS schematron
+    folder is configured: their documents would go out with no conformance check (the hub warns, see
+    hub.app and deploy/alerts.yml)."""
+    if registry.context.schematrons.enabled or rules is None:
+        return []
+    return sorted({r.actions.transform.chain for r in rules.rules if r.actions.transform is not None} & CDA_CHAINS)
+
+
+UNCHECKED = ("transform.schematron_dir is empty: the CDAs of chains {chains} go out without the ANS conformance "
+             "check (deploy/README.md, \"ANS rules\")")
 
 
 _COMPILED: dict[str, IsolatedSchematrons] = {}

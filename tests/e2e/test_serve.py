@@ -311,6 +311,18 @@ def test_health_and_metrics(served):
     served.metric_names = names
 
 
+def test_cda_chains_without_the_ans_rules_are_said_loudly(served):
+    """This hub runs the shipped rules (they produce CR-BIO and N1 documents) with no transform.schematron_dir:
+    it works, and says so at start-up, on /healthz and in the metric the HubCdaConformanceUnchecked alert uses."""
+    [line] = [r for r in served.log_records() if r.get("event") == "conformance_not_checked"]
+    assert line["level"] == "warning" and line["setting"] == "transform.schematron_dir"
+    assert {"hprim_to_cda_xdm", "pdf_to_cda_n1_xdm"} <= set(line["chains"])
+    health = json.loads(http_get(served.url + "/healthz")[1])
+    assert health["status"] == "ok"
+    assert any(w.startswith("transform.schematron_dir is empty: the CDAs of chains ") for w in health["warnings"])
+    assert "hub_transform_conformance_unchecked 1.0" in http_get(served.url + "/metrics")[1].decode()
+
+
 def test_dashboard_queries_use_live_metric_names(served):
     from tests.unit.test_deploy import dashboard_metric_names
 

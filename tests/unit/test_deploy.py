@@ -34,6 +34,7 @@ def test_alerts_cover_what_operators_watch():
     by_name = {r["alert"]: r["expr"] for r in rules}
     assert "30 * 86400" in by_name["HubCertificateExpiring"] and "48 * 3600" in by_name["HubTrustListStale"]
     assert "8 * 86400" in by_name["HubDirectoryStale"]
+    assert "hub_transform_conformance_unchecked" in by_name["HubCdaConformanceUnchecked"]
 
 
 def dashboard_metric_names() -> set[str]:

@@ -175,3 +175,16 @@ def test_the_validators_run_in_their_own_process_and_come_back_if_it_dies(confor
     assert volet.check(doc, (), "11502-2", only=(CRBIO,)).ok                 # started again, compiled again
     assert volet.pids[0] not in (None, pid)
     volet.close()
+
+
+def test_rules_that_produce_cdas_without_the_ans_rules_are_named(registry, conformant):
+    """The shipped rules produce CR-BIO and N1 documents: without transform.schematron_dir the hub names those
+    chains (start-up warning, /healthz, metric: tests/e2e/test_serve.py); with the rules, nothing to say."""
+    from hub.rules.loader import compile_files, read_dir
+    from hub.transform.registry import unchecked_chains
+    from tx_support import REPO
+
+    rules = compile_files(read_dir(str(REPO / "routing_rules")), registry.names())
+    assert unchecked_chains(registry, rules) == ["cda_to_xdm", "cisis_hl7_to_xdm", "hl7_oru_to_cda_xdm",
+                                                 "hprim_to_cda_xdm", "pdf_to_cda_n1_xdm"]
+    assert unchecked_chains(conformant, rules) == []
