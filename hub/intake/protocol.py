@@ -207,6 +207,13 @@ class HubSMTP(SMTP):
         finally:
             self._hub_hello = False
 
+    @functools.wraps(SMTP.smtp_STARTTLS)
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None and not arg:         # aiosmtpd would answer 220 and nest a second TLS
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     # ---- MAIL / RCPT -------------------------------------------------------------------------------------------
     def _split_path(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
         if arg is None:

@@ -275,6 +275,10 @@ async def test_every_reply_is_ascii_with_an_enhanced_status_code(start_hub, pki)
     assert line.startswith(b"550 5.7.1 Relay access denied") and line.isascii() and b"MSSante trust space" in line
     assert (await c.cmd(b"QUIT"))[1].startswith("221 2.0.0")
     writer.close()
+    c = await raw(hub, pki)                               # STARTTLS once TLS is up: refused, not a nested TLS
+    assert (await c.cmd(b"STARTTLS"))[1] == "503 5.5.1 TLS already active"
+    assert (await c.cmd(b"NOOP"))[0] == 250
+    await c.close()
 
 
 async def test_source_routes_are_dropped_and_orcpt_needs_both_parts(start_hub, peer, conn, pki):
