@@ -23,7 +23,7 @@ import functools
 import re
 import socket
 import unicodedata
-from base64 import b64decode
+from base64 import b64decode, b64encode
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
@@ -423,6 +423,36 @@ class HubSMTP(SMTP):
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
         return await self._hub_auth("PLAIN", login, password)
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        """aiosmtpd's, except for a response longer than a line: aiosmtpd answered it 451 and read the rest of it
+        as commands, one reply out of step from then on. Here it is read to its end and answered 500 5.5.6."""
+        challenge = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(challenge) if encode_to_b64 else challenge))
+        try:
+            line = await self._reader.readuntil()
+        except asyncio.IncompleteReadError:
+            return MISSING
+        except asyncio.LimitOverrunError as exc:
+            await self._reader.read(exc.consumed)
+            while True:
+                try:
+                    await self._reader.readuntil()
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await self._reader.read(more.consumed)
+            await self.push("500 5.5.6 Authentication line too long")
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:

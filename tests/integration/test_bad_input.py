@@ -279,6 +279,14 @@ async def test_every_reply_is_ascii_with_an_enhanced_status_code(start_hub, pki)
     assert (await c.cmd(b"STARTTLS"))[1] == "503 5.5.1 TLS already active"
     assert (await c.cmd(b"NOOP"))[0] == 250
     await c.close()
+    c = await RawSMTP.open(hub.smtp_port, pki["ca_file"])   # an AUTH response longer than a line: refused, in step
+    assert (await c.cmd(b"AUTH LOGIN"))[0] == 334
+    assert (await c.cmd(b"Q" * 5000))[1] == "500 5.5.6 Authentication line too long"
+    assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"
+    assert (await c.cmd(b"AUTH PLAIN"))[0] == 334
+    assert (await c.cmd(b"%%%"))[1] == "501 5.5.2 Can't decode base64"
+    assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"
+    await c.close()
 
 
 async def test_source_routes_are_dropped_and_orcpt_needs_both_parts(start_hub, peer, conn, pki):
