@@ -116,6 +116,10 @@ def read_patient(msg: Er7) -> Patient:
     pid = msg.first("PID")
     if pid is None:
         raise ParseError("HL7 v2: no PID segment", where="PID")
+    pids = msg.all("PID")
+    if len(pids) > 1:          # an ORU^R01 may carry several patients: one document would mix their results
+        raise ParseError(f"one patient per message: the HL7 message has {len(pids)} PID segments",
+                         where=pids[1].where(1))
     ins = ins_oid = local = local_oid = ""
     for rep in msg.reps(pid.get(3)):
         cx = msg.comps(rep, 5)

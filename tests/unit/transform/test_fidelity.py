@@ -203,6 +203,20 @@ def test_truncated_hl7_oru_is_a_parse_error(cut, where):
     assert err.value.where == where and "incomplete" in str(err.value)
 
 
+def test_an_hl7_oru_with_two_patients_is_refused_not_merged_into_one_report(registry):
+    """ORU^R01 may repeat its PATIENT_RESULT group; one CR-BIO names one patient, so a second PID would put another
+    person's results into the first one's record: refused (as HPRIM with two patients), naming the second PID."""
+    data = corpus("oru_epsilon.hl7")
+    second = (b"PID|1||180127512345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS||AUTRE-TEST^PAUL^PAUL^^^^L"
+              b"||19800127|M\rOBR|1|CMD2|F2|24331-1^Lipid panel^LN|||20250312080000||||||||||||||20250312140000|||F"
+              b"\rOBX|1|NM|2093-3^Cholesterol^LN||3.10|g/L|<2.00|H|||F\r")
+    sep = b"\r\n" if b"\r\n" in data else b"\r" if b"\r" in data else b"\n"
+    message = mail((data.rstrip() + sep + second.replace(b"\r", sep), "application/hl7-v2", "e.hl7"))
+    with pytest.raises(ParseError) as err:
+        registry.apply("hl7_oru_to_cda_xdm", message, {"now": NOW})
+    assert err.value.where == "PID[2].1" and "one patient per message" in str(err.value)
+
+
 def test_a_truncated_file_fails_the_chain_before_anything_is_built(registry):
     message = mail((_cut(corpus("hs_alpha_hemato.hpr"), b"OBX|3"), "text/plain", "a.hpr"))
     with pytest.raises(ParseError):
