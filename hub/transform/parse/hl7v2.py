@@ -246,10 +246,10 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     if not status:
         raise ParseError("OBX-11 (result status, required) is empty: the message is incomplete (cut in transit?)",
                          where=seg.where(11))
-    value = msg.unescape(seg.get(5))
+    reps = msg.reps(seg.get(5))               # OBX-5 may repeat (two organisms, the lines of a TX): keep them all
+    value = ("\n" if kind in ("TX", "FT") else ", ").join(msg.unescape(r) for r in reps)
     if kind in ("CE", "CWE"):
-        c = msg.comps(seg.get(5), 2)
-        value = c[1] or c[0]
+        value = ", ".join((c[1] or c[0]) for c in (msg.comps(r, 2) for r in reps))
     elif kind == "SN":
         value = _sn(msg, seg)
     unit = msg.comps(seg.get(6), 3)

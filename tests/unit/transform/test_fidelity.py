@@ -203,6 +203,19 @@ def test_truncated_hl7_oru_is_a_parse_error(cut, where):
     assert err.value.where == where and "incomplete" in str(err.value)
 
 
+def test_repeated_obx5_values_are_all_kept():
+    """OBX-5 repeats: two organisms of one culture, two coded values, the lines of a TX result. Each is kept
+    (readable, without the `~` separator); before, a coded value kept only the first one."""
+    data = corpus("oru_epsilon.hl7")
+    data = data.replace(b"||A^Groupe A^L||", b"||A^Groupe A^L~RH+^Rhesus positif^L||")
+    data = data.replace(b"OBX|4|NM|62238-1", b"OBX|4|ST|600-7^Hemoculture^LN||Staphylococcus aureus~Escherichia coli"
+                                             b"||||||F\rOBX|5|TX|48767-8^Note^LN||Ligne 1~Ligne 2||||||F\rOBX|6|NM|62238-1")
+    results = {r.loinc: r for r in read_lab_oru(parse_er7(data)).results}
+    assert results["883-9"].value == "Groupe A, Rhesus positif"
+    assert results["600-7"].value == "Staphylococcus aureus, Escherichia coli"
+    assert results["48767-8"].value == "Ligne 1\nLigne 2"
+
+
 def test_an_hl7_oru_with_two_patients_is_refused_not_merged_into_one_report(registry):
     """ORU^R01 may repeat its PATIENT_RESULT group; one CR-BIO names one patient, so a second PID would put another
     person's results into the first one's record: refused (as HPRIM with two patients), naming the second PID."""
