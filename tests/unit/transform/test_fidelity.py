@@ -216,6 +216,21 @@ def test_repeated_obx5_values_are_all_kept():
     assert results["48767-8"].value == "Ligne 1\nLigne 2"
 
 
+@pytest.mark.parametrize("comp, rep", [("~", "^"), ("^", "~")])
+def test_hprim_coded_and_repeated_values_are_read_not_sent_raw(comp, rep):
+    """An HPRIM CE value is `code~label~system` (its label is the result) and a value may repeat; before, both went
+    out with the delimiters as written (`YEL~Jaune~L`, `E. coli^Klebsiella`), in either delimiter convention."""
+    c, r = comp, rep
+    lines = [f"H|{c}{r}\\&|R.HPR||LAB{c}LABO||ORU|||DR{c}DOCTEUR||P|H2.2{c}C|202501151030",
+             f"P|1|PAT1|F1||TESTPATIENT{c}MARIE||19800214|F",
+             f"OBR|1||{c}F1|URI{c}Urines{c}L|R||202501150745||||N|||202501150830",
+             f"OBX|1|CE|COUL{c}Couleur{c}L||YEL{c}Jaune{c}L{r}TRB{c}Trouble{c}L||||N|||F",
+             f"OBX|2|ST|GERM{c}Germes{c}L||E. coli{r}Klebsiella||||A|||F",
+             f"OBX|3|TX|CONC{c}Conclusion{c}L||Ligne 1{r}Ligne 2||||||F", "L|1"]
+    [report] = parse_hprim_sante("\r\n".join(lines).encode("latin-1"))
+    assert [x.value for x in report.results] == ["Jaune, Trouble", "E. coli, Klebsiella", "Ligne 1\nLigne 2"]
+
+
 def test_an_hl7_oru_with_two_patients_is_refused_not_merged_into_one_report(registry):
     """ORU^R01 may repeat its PATIENT_RESULT group; one CR-BIO names one patient, so a second PID would put another
     person's results into the first one's record: refused (as HPRIM with two patients), naming the second PID."""
