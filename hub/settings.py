@@ -266,9 +266,31 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     unknown = set(raw) - set(top_types)
     if unknown:
         raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]")
+    _check_environment(env, top_types)
     settings = Settings(**sections, source=str(path or ""))
     _validate(settings)
     return settings
+
+
+# HUB_* variables read elsewhere, not settings
+_OTHER_VARIABLES = frozenset({"HUB_CONFIG", "HUB_DATABASE_ADMIN_URL"})
+
+
+def _check_environment(env: dict[str, str], top_types: dict[str, Any]) -> None:
+    """A variable named like a setting of a section (`HUB_DATABASE_URl`, `HUB_SMTP_LISTN`) that is none: a typo in
+    hub.env would otherwise run the hub silently without it (an embedded database instead of the server).
+    Other HUB_* variables (another program's) are not the hub's business."""
+    sections = {name.upper(): kind for name, kind in top_types.items() if name != "source"}
+    for var in env:
+        head, _, rest = var.partition("_")
+        section, _, key = rest.partition("_")
+        if head.upper() != "HUB" or section.upper() not in sections or not key or var in _OTHER_VARIABLES:
+            continue
+        keys = {k.upper() for k in _section_types(sections[section.upper()])}
+        if head != "HUB" or section != section.upper() or key not in keys:
+            wanted = f"HUB_{section.upper()}_{key.upper()}"
+            hint = f" (did you mean {wanted}?)" if key.upper() in keys else ""
+            raise ConfigError(f"environment variable {var}: no such setting in [{section.lower()}]{hint}")
 
 
 def _validate(s: Settings) -> None:

@@ -78,3 +78,22 @@ def test_values_at_their_limits_are_accepted(tmp_path):
                    "[trust]\nmax_removed_ratio = 0.0\n[audit]\nbody_retention_days = 0\npage_size = 10000\n")
     s = S.load(cfg, env={})
     assert s.hub.processes == 0 and s.smtp.max_connections == 0 and s.audit.page_size == 10000
+
+
+@pytest.mark.parametrize("var, message", [
+    ("HUB_DATABASE_URl", "environment variable HUB_DATABASE_URl: no such setting in [database] "
+                         "(did you mean HUB_DATABASE_URL?)"),
+    ("HUB_SMTP_LISTN", "environment variable HUB_SMTP_LISTN: no such setting in [smtp]"),
+    ("hub_delivery_ca_file", "(did you mean HUB_DELIVERY_CA_FILE?)"),
+])
+def test_a_misspelt_environment_variable_is_refused(var, message):
+    """hub.env holds the database URL: a typo there must not start a hub on an empty embedded database."""
+    with pytest.raises(ConfigError) as err:
+        S.load(None, env={var: "x"})
+    assert message in str(err.value)
+
+
+def test_other_programs_hub_variables_are_left_alone():
+    s = S.load(None, env={"HUB_PROTOCOL": "https", "HUB_VERBOSE": "1", "HUB_DATABASE_ADMIN_URL": "postgresql://a@b/c",
+                          "HUB_TEST_DATABASE_URL": "x", "HUB_SHARED": "/s", "HUB_DATABASE_URL": "postgresql://h@db/hub"})
+    assert s.database.url == "postgresql://h@db/hub"
