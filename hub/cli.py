@@ -111,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     ctx = None
+    user = None
     try:
         settings = settings_mod.load(getattr(args, "config", None))
-        privileges.drop_to_data_dir_owner(settings)
+        user = privileges.drop_to_data_dir_owner(settings)
         ctx = Context(settings)
         code = args.run(args, ctx) if getattr(args, "sync", False) else asyncio.run(args.run(args, ctx))
         sys.stdout.flush()          # here, so that a closed pipe is handled below and not at interpreter exit
@@ -129,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # a file named on the command line that cannot be read or written (`hub db backup /missing/dir/x.dump`)
+        as_user = f" (the command runs as {user}, the owner of hub.data_dir)" if user else ""
+        return _error(args, InputError(f"{exc.filename}: {exc.strerror}{as_user}"), 2)
     finally:
         if ctx is not None:
             ctx.close()

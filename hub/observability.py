@@ -126,6 +126,20 @@ def set_certificates(infos) -> None:
         CERT_EXPIRY.labels(info.setting).set(info.not_after.timestamp())
 
 
+class _UnparsableRequests(logging.Filter):
+    """aiohttp logs an HTTP request it cannot parse (a request line over 8 KB, raw bytes outside ASCII) with its
+    traceback and the request line, whose query string may hold a patient's INS: one warning naming the error's
+    class and status instead, never the request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"http_bad_request: {type(exc).__name__} (status {getattr(exc, 'code', 400)})"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure_logging(json: bool = True, level: int = logging.INFO) -> None:
     processors = [
         structlog.contextvars.merge_contextvars,
@@ -143,6 +157,9 @@ def configure_logging(json: bool = True, level: int = logging.INFO) -> None:
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _UnparsableRequests) for f in server.filters):
+        server.addFilter(_UnparsableRequests())
     structlog.configure(
         processors=processors + [renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

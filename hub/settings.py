@@ -8,7 +8,9 @@ Precedence: defaults < TOML file (`--config FILE` or `HUB_CONFIG`) < environment
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -265,9 +267,31 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     unknown = set(raw) - set(top_types)
     if unknown:
         raise ConfigError(f"{path}: unknown section [{sorted(unknown)[0]}]")
+    _check_environment(env, top_types)
     settings = Settings(**sections, source=str(path or ""))
     _validate(settings)
     return settings
+
+
+# HUB_* variables read elsewhere, not settings
+_OTHER_VARIABLES = frozenset({"HUB_CONFIG", "HUB_DATABASE_ADMIN_URL"})
+
+
+def _check_environment(env: dict[str, str], top_types: dict[str, Any]) -> None:
+    """A variable named like a setting of a section (`HUB_DATABASE_URl`, `HUB_SMTP_LISTN`) that is none: a typo in
+    hub.env would otherwise run the hub silently without it (an embedded database instead of the server).
+    Other HUB_* variables (another program's) are not the hub's business."""
+    sections = {name.upper(): kind for name, kind in top_types.items() if name != "source"}
+    for var in env:
+        head, _, rest = var.partition("_")
+        section, _, key = rest.partition("_")
+        if head.upper() != "HUB" or section.upper() not in sections or not key or var in _OTHER_VARIABLES:
+            continue
+        keys = {k.upper() for k in _section_types(sections[section.upper()])}
+        if head != "HUB" or section != section.upper() or key not in keys:
+            wanted = f"HUB_{section.upper()}_{key.upper()}"
+            hint = f" (did you mean {wanted}?)" if key.upper() in keys else ""
+            raise ConfigError(f"environment variable {var}: no such setting in [{section.lower()}]{hint}")
 
 
 def _validate(s: Settings) -> None:
@@ -300,17 +324,56 @@ def _validate(s: Settings) -> None:
     for url in r.crl_urls:
         if not url.lower().startswith(("http://", "https://")):
             raise ConfigError(f"setting revocation.crl_urls: expected http:// or https:// URLs, got {url!r}")
-    for key in ("refresh_interval", "retry_interval", "fetch_timeout"):
-        if getattr(r, key) <= 0:
-            raise ConfigError(f"setting revocation.{key}: expected a positive number of seconds")
-    if not 0 <= s.trust.max_removed_ratio <= 1:
-        raise ConfigError(f"setting trust.max_removed_ratio: expected 0 to 1, got {s.trust.max_removed_ratio!r}")
-    if not 1 <= s.transform.schematron_processes <= 32:
-        raise ConfigError(f"setting transform.schematron_processes: expected 1 to 32, got "
-                          f"{s.transform.schematron_processes}")
     if s.transform.on_nonconformant not in ("hold", "warn"):
         raise ConfigError(f"setting transform.on_nonconformant: expected hold or warn, got "
                           f"{s.transform.on_nonconformant!r}")
+    _validate_numbers(s)
+    for key, names in (("hub.domains", s.hub.domains), ("delivery.local_domains", s.delivery.local_domains),
+                       ("smtp.hostname", [s.smtp.hostname]), ("delivery.transport", list(s.delivery.transport))):
+        for name in names:
+            if not _DOMAIN.fullmatch(name):
+                raise ConfigError(f"setting {key}: {name!r} is not a domain name")
+    if s.database.pool_min > s.database.pool_max:
+        raise ConfigError(f"settings database.pool_min ({s.database.pool_min}) and database.pool_max "
+                          f"({s.database.pool_max}): the minimum is larger than the maximum")
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# the smallest value each number may take (every other numeric setting: 0); NaN and infinity are never a setting
+_MINIMUM = {"database.pool_max": 1, "smtp.max_message_size": 1, "smtp.max_recipients": 1,
+            "smtp.max_header_size": 1, "smtp.max_header_fields": 1, "smtp.auth_failures_per_minute": 1,
+            "delivery.per_destination_concurrency": 1, "delivery.workers": 1, "delivery.batch_size": 1,
+            "delivery.lease_seconds": 1, "queue.first_retry": 1, "queue.max_retry_interval": 1,
+            "queue.max_lifetime": 1, "transform.max_zip_entries": 1, "transform.max_zip_expanded": 1,
+            "transform.max_xml_depth": 1, "audit.event_retention_days": 1, "audit.seal_batch": 1,
+            "audit.page_size": 1, "transform.schematron_processes": 1}
+# the largest page a search returns; validator processes per group (each holds the compiled ANS rules)
+_MAXIMUM = {"audit.page_size": 10000, "transform.schematron_processes": 32}
+
+
+def _validate_numbers(s: Settings) -> None:
+    """Every number in range: a negative count, a zero timeout or a NaN would start a hub that serves nothing,
+    spins, or never times out. Float settings are seconds (more than 0) or ratios (`*_ratio`, 0 to 1)."""
+    for section in dataclasses.fields(Settings):
+        if section.name == "source":
+            continue
+        values = getattr(s, section.name)
+        for name, kind in _section_types(type(values)).items():
+            value, key = getattr(values, name), f"{section.name}.{name}"
+            if kind not in (int, float) or isinstance(value, bool):
+                continue
+            if kind is float and not math.isfinite(value):
+                raise ConfigError(f"setting {key}: expected a finite number, got {value!r}")
+            if kind is float and name.endswith("_ratio"):
+                if not 0 <= value <= 1:
+                    raise ConfigError(f"setting {key}: expected 0 to 1, got {value!r}")
+            elif kind is float and value <= 0:
+                raise ConfigError(f"setting {key}: expected a number of seconds above 0, got {value!r}")
+            elif not _MINIMUM.get(key, 0) <= value <= _MAXIMUM.get(key, value):
+                raise ConfigError(f"setting {key}: expected {_MINIMUM.get(key, 0)} to {_MAXIMUM[key]}, got {value!r}"
+                                  if key in _MAXIMUM else
+                                  f"setting {key}: expected at least {_MINIMUM.get(key, 0)}, got {value!r}")
 
 
 def split_hostport(value: str) -> tuple[str, int]:

@@ -70,6 +70,8 @@ def parse_time(value: str, *, end: bool = False) -> dt.datetime:
             t = dt.datetime.fromisoformat(value)
     except ValueError:
         raise InputError(f"not a date or date-time: {value!r}") from None
+    except OverflowError:                 # the end of 9999-12-31 is past the last day Python knows
+        raise InputError(f"date out of range: {value!r}") from None
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 

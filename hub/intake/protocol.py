@@ -22,7 +22,8 @@ import binascii
 import functools
 import re
 import socket
-from base64 import b64decode
+import unicodedata
+from base64 import b64decode, b64encode
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
@@ -37,6 +38,17 @@ _SURROGATE = re.compile("[\ud800-\udfff]")          # undecodable bytes, as aios
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
+_ROUTE = re.compile(r"@[^@:,<>\s]+(?:,@[^@:,<>\s]+)*:")          # `@a,@b:` before the mailbox
+_ORCPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;\S+")               # RFC 3461: addr-type ";" xtext, both present
+# the enhanced status code of a reply that has none (aiosmtpd's own), by reply code; else its class's X.0.0
+_ENHANCED = {b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1", b"503": b"5.5.1", b"504": b"5.5.4",
+             b"530": b"5.7.0", b"552": b"5.3.4", b"554": b"5.7.0", b"555": b"5.5.4", b"454": b"4.7.0"}
+
+
+def _ascii(text: str) -> bytes:
+    """A reply in ASCII: accents dropped (`MSSanté` -> `MSSante`), anything else as `?`."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).encode(
+        "ascii", "replace")
 
 
 def text_problem(text: str) -> str | None:
@@ -119,6 +131,15 @@ class HubSMTP(SMTP):
                 transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
                 transport.close()
 
+    _hub_uploading = False
+
+    def data_received(self, data: bytes) -> None:
+        """While DATA is read, smtp.session_timeout counts the client's silence, not the length of the upload (a
+        large letter over a slow link arrives whole); aiosmtpd restarts it at each command only."""
+        if self._hub_uploading:
+            self._reset_timeout()
+        super().data_received(data)
+
     def _create_session(self):
         return HubSession(self.loop)
 
@@ -139,9 +160,17 @@ class HubSMTP(SMTP):
         pipelined, RFC 2920) and goes out in one write with the following replies, as Postfix does: the replies to
         MAIL, RCPT and DATA cost one write instead of three. The lines of a multi-line reply (EHLO) are held until
         its last line: one write instead of one per line. Every other reply (354, 220 before TLS, errors)
-        flushes, and nothing is held when the next read would wait for the client."""
-        if isinstance(status, str):     # never fails: a reply quoting undecodable client bytes gets "?" for them
-            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "replace")
+        flushes, and nothing is held when the next read would wait for the client.
+        Every reply is ASCII (SMTPUTF8 is not offered: `é` goes out as `e`, undecodable client bytes quoted back as
+        `?`), and every 2xx/4xx/5xx reply but the greeting and the HELO/EHLO reply carries an enhanced status code
+        (ENHANCEDSTATUSCODES is offered, RFC 2034): aiosmtpd's own replies (`503 Error: send HELO first`,
+        `500 Command line too long`, `221 Bye`...) get their class's code."""
+        if isinstance(status, str):
+            status = status.encode("ascii") if status.isascii() else _ascii(status)
+        first = "_hub_replies" not in self.__dict__
+        if status[:1] in b"245" and not (status[5:6] == b"." and status[4:5] in b"245") and not first \
+                and not self.__dict__.get("_hub_hello"):
+            status = b" ".join((status[:3], _ENHANCED.get(status[:3], status[:1] + b".0.0"), status[4:].lstrip()))
         held = self.__dict__.setdefault("_hub_replies", [])
         held.append(status + b"\r\n")
         if status[3:4] == b"-":                      # a continuation line: its reply is not complete yet
@@ -161,14 +190,29 @@ class HubSMTP(SMTP):
         if hostname and text_problem(hostname):
             await self.push(replies.BAD_HELO.format(verb="HELO"))
             return
-        await super().smtp_HELO(hostname)
+        await self._hello(super().smtp_HELO(hostname), hostname)
 
     @functools.wraps(SMTP.smtp_EHLO)
     async def smtp_EHLO(self, hostname: str) -> None:
         if hostname and text_problem(hostname):
             await self.push(replies.BAD_HELO.format(verb="EHLO"))
             return
-        await super().smtp_EHLO(hostname)
+        await self._hello(super().smtp_EHLO(hostname), hostname)
+
+    async def _hello(self, command, hostname: str) -> None:
+        """The HELO/EHLO reply goes out without enhanced codes (RFC 2034); its syntax error gets one."""
+        self._hub_hello = bool(hostname)
+        try:
+            await command
+        finally:
+            self._hub_hello = False
+
+    @functools.wraps(SMTP.smtp_STARTTLS)
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None and not arg:         # aiosmtpd would answer 220 and nest a second TLS
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
 
     # ---- MAIL / RCPT -------------------------------------------------------------------------------------------
     def _split_path(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
@@ -180,7 +224,9 @@ class HubSMTP(SMTP):
         m = _ADDR.match(arg)
         if not m:
             return None
-        return m.group(1).strip(), m.group(2)
+        address = m.group(1).strip()
+        route = _ROUTE.match(address)             # RFC 5321 4.1.1.3: a source route is ignored, never relayed
+        return (address[route.end():] if route else address), m.group(2)
 
     @functools.wraps(SMTP.smtp_MAIL)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -269,7 +315,7 @@ class HubSMTP(SMTP):
                 return
             notify = ",".join(sorted(values))
         orcpt = params.pop("ORCPT", None)
-        if orcpt is not None and (not isinstance(orcpt, str) or ";" not in orcpt or len(orcpt) > 500
+        if orcpt is not None and (not isinstance(orcpt, str) or not _ORCPT.fullmatch(orcpt) or len(orcpt) > 500
                                   or text_problem(orcpt) or text_problem(xtext_decode(orcpt))):
             await self.push(replies.BAD_PARAM.format(name="ORCPT"))
             return
@@ -311,6 +357,7 @@ class HubSMTP(SMTP):
         size = 0
         too_big = False
         tail = b"\r\n"                        # the CRLF that ended the DATA command line
+        self._hub_uploading = True
         try:
             while True:
                 try:
@@ -334,6 +381,7 @@ class HubSMTP(SMTP):
             return
         finally:
             reader._limit = saved_limit
+            self._hub_uploading = False
         if too_big:
             self._set_post_data_state()
             self._refused("message_refused", replies.TOO_BIG, size=size)
@@ -375,6 +423,36 @@ class HubSMTP(SMTP):
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
         return await self._hub_auth("PLAIN", login, password)
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        """aiosmtpd's, except for a response longer than a line: aiosmtpd answered it 451 and read the rest of it
+        as commands, one reply out of step from then on. Here it is read to its end and answered 500 5.5.6."""
+        challenge = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (b64encode(challenge) if encode_to_b64 else challenge))
+        try:
+            line = await self._reader.readuntil()
+        except asyncio.IncompleteReadError:
+            return MISSING
+        except asyncio.LimitOverrunError as exc:
+            await self._reader.read(exc.consumed)
+            while True:
+                try:
+                    await self._reader.readuntil()
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await self._reader.read(more.consumed)
+            await self.push("500 5.5.6 Authentication line too long")
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from hub.rules.yamlnodes import Source, is_null
 
@@ -189,14 +189,14 @@ def _reject(src: Source, node: Node, transforms) -> Any:
 
 
 def _transform(src: Source, node: Node, transforms: Collection[str]) -> Any:
-    chain_node, params = node, {}
+    chain_node, params, params_node = node, {}, None
     if isinstance(node, MappingNode):
         chain_node = None
         for key, key_node, value in src.mapping(node, "transform"):
             if key == "chain":
                 chain_node = value
             elif key == "params":
-                params = src.plain(value, "transform.params")
+                params, params_node = src.plain(value, "transform.params"), value
                 if not isinstance(params, dict):
                     src.error(value, "transform.params: expected a mapping")
                     params = {}
@@ -211,7 +211,49 @@ def _transform(src: Source, node: Node, transforms: Collection[str]) -> Any:
     if chain not in transforms:
         src.error(chain_node, f"transform: unknown chain {chain!r} (known: {', '.join(sorted(transforms))})")
         return None
+    if isinstance(params_node, MappingNode):
+        _check_params(src, chain, params, params_node)
     return Transform(chain, MappingProxyType(params))
+
+
+def _check_params(src: Source, chain: str, params: dict, node: MappingNode) -> None:
+    """A parameter the chain does not read (`chaptre:`, a metadata key misspelt), an unknown time zone or CR-BIO
+    chapter: errors at `hub rules check`, not a document silently built with the default."""
+    try:
+        from hub.transform.build.cda_bio import CHAPTERS
+        from hub.transform.chains import PARAMS
+        from hub.transform.parse.metadata import KEYS
+    except ImportError:                  # the transform package is not installed: chain names only
+        return
+    known = PARAMS.get(chain)
+    if known is None:
+        return
+    nodes = {k.value: (k, v) for k, v in node.value if isinstance(k, ScalarNode)}
+    for name, (key_node, value_node) in nodes.items():
+        value = params.get(name)
+        if name not in known:
+            src.error(key_node, f"transform.params: {chain} has no parameter {name!r} "
+                                f"(its parameters: {', '.join(sorted(known)) or 'none'})")
+        elif name == "tz" and not _zone(value):
+            src.error(value_node, f"transform.params.tz: unknown time zone {value!r}")
+        elif name == "chapter" and str(value) not in CHAPTERS:
+            src.error(value_node, f"transform.params.chapter: {value!r} is not a CR-BIO chapter "
+                                  f"(one of {', '.join(sorted(CHAPTERS))})")
+        elif name == "metadata" and isinstance(value_node, MappingNode):
+            for meta_key, _ in value_node.value:
+                if isinstance(meta_key, ScalarNode) and meta_key.value not in KEYS:
+                    src.error(meta_key, f"transform.params.metadata: unknown metadata key {meta_key.value!r} "
+                                        "(the flat keys of docs/transform.md §3)")
+
+
+def _zone(name: Any) -> bool:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(str(name))
+        return True
+    except (ValueError, KeyError, OSError):      # ZoneInfoNotFoundError is a KeyError
+        return False
 
 
 def _headers(src: Source, node: Node, transforms) -> Any:

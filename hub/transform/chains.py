@@ -368,6 +368,17 @@ def replace_headers(message: bytes, headers: list[tuple[str, str]]) -> bytes:
 CDA_CHAINS = frozenset({"hprim_to_cda_xdm", "hl7_oru_to_cda_xdm", "cisis_hl7_to_xdm", "pdf_to_cda_n1_xdm",
                         "cda_to_xdm"})
 
+# the params each chain reads (docs/transform.md §2): a rule giving any other is refused by `hub rules check`
+COMMON_PARAMS = frozenset({"now", "tz", "body", "metadata"})
+PARAMS = {
+    "hprim_to_cda_xdm": COMMON_PARAMS | {"chapter"},
+    "hl7_oru_to_cda_xdm": COMMON_PARAMS | {"chapter"},
+    "cisis_hl7_to_xdm": COMMON_PARAMS | {"doc_code", "title"},      # a PDF it carries goes to pdf_to_cda_n1_xdm
+    "pdf_to_cda_n1_xdm": COMMON_PARAMS | {"doc_code", "title"},
+    "cda_to_xdm": COMMON_PARAMS,
+    "mss_headers": frozenset(),
+}
+
 CHAINS = {
     "hprim_to_cda_xdm": hprim_to_cda_xdm,
     "hl7_oru_to_cda_xdm": hl7_oru_to_cda_xdm,

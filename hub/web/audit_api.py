@@ -83,8 +83,26 @@ async def run_search(request: web.Request, token: Token, params, via: str) -> se
     return page
 
 
+PARAMETERS = frozenset({"since", "until", "message_id", "message", "account", "sender", "recipient", "patient_ins",
+                        "patient_key", "doc_type", "status", "rule_version", "limit", "cursor", "order", "format"})
+
+
+def parameter_problem(query) -> str | None:
+    """An unknown or repeated parameter: a typo (`recipent=`) would otherwise widen an auditor's search to every
+    message, and of two values only one would be used."""
+    for key in query:
+        if key not in PARAMETERS:
+            return f"unknown parameter {key!r} (known: {', '.join(sorted(PARAMETERS))})"
+        if len(query.getall(key)) > 1:
+            return f"parameter {key!r} given more than once"
+    return None
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
     token = await require_token(request, "auditor", cookie=True)
+    problem = parameter_problem(request.query)
+    if problem:
+        raise json_error(web.HTTPBadRequest, problem)
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "csv"):
         raise json_error(web.HTTPBadRequest, "format: expected json or csv")

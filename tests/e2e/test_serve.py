@@ -355,6 +355,9 @@ def test_backup_then_restore_embedded_and_external(served, scratch, pki, pg_clus
     assert done.returncode == 0, done.stderr
     assert dump.stat().st_mode & 0o077 == 0
     assert served.hub("db", "backup", str(dump)).returncode == 2              # never overwrites
+    missing = served.hub("db", "backup", str(tmp_path / "no-such-dir" / "hub.dump"))     # one clear line, exit 2
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+    assert missing.stderr.strip() == f"hub: error: {tmp_path / 'no-such-dir' / 'hub.dump'}: No such file or directory"
     assert served.hub("db", "restore", str(dump)).returncode == 2             # not into the running hub
     expected = served.hub("queue", "list", "--json")
     expected_ids = sorted(m["id"] for m in json.loads(expected.stdout)["messages"])

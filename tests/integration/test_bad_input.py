@@ -3,7 +3,9 @@ by the rules, never a 4xx), envelope bytes that are not UTF-8 or hold control ch
 error text), over-long lines and header sections (5xx at once), NUL in audit facts (stored, replaced)."""
 
 import asyncio
+import base64
 import re
+import ssl
 
 from hub.audit.store import Event, record, timeline
 from tests.integration.conftest import PASSWORD
@@ -243,3 +245,85 @@ async def test_a_next_hop_replying_with_bytes_that_cannot_be_stored(start_hub, p
         assert await conn.fetchval("SELECT count(*) FROM message WHERE mail_from = ''") == 1
     finally:
         server.close()
+
+
+async def test_every_reply_is_ascii_with_an_enhanced_status_code(start_hub, pki):
+    """ENHANCEDSTATUSCODES is offered, so every 2xx/4xx/5xx reply after the greeting carries one (RFC 2034),
+    aiosmtpd's own replies included; SMTPUTF8 is not, so no reply carries a byte outside ASCII."""
+    hub = await start_hub({})
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.smtp_port)
+    c = RawSMTP(reader, writer)
+    assert (await c.reply())[0] == 220                     # the greeting: no enhanced code (RFC 2034)
+    before_hello = [(b"MAIL FROM:<a@b.example>", "503 5.5.1"), (b"NOOP", "250 2.0.0"), (b"BDAT 10 LAST", "500 5.5.2"),
+                    (b"X" * 600, "500 5.5.2"), (b"HELO", "501 5.5.4")]
+    for line, want in before_hello:
+        assert (await c.cmd(line))[1].startswith(want), line
+    code, ehlo = await c.cmd(b"EHLO dpi.ch-test.example")
+    assert code == 250 and ehlo.splitlines()[0] == "250-hub.example.org"     # the EHLO reply itself: none
+    cases = [(b"AUTH PLAIN AGZvbwBiYXI=", "538 5.7.11"), (b"VRFY root", "252 2.0.0"), (b"EXPN staff", "502 5.5.1"),
+             (b"STARTTLS now", "501 5.5.4"), (b"RSET", "250 2.0.0"), (b"NOOP", "250 2.0.0"),
+             (b"STARTTLS", "220 2.0.0")]
+    for line, want in cases:
+        assert (await c.cmd(line))[1].startswith(want), line
+    await writer.start_tls(ssl.create_default_context(cafile=str(pki["ca_file"])), server_hostname="localhost")
+    assert (await c.cmd(b"EHLO dpi.ch-test.example"))[0] == 250
+    assert (await c.cmd(b"AUTH PLAIN " + base64.b64encode(f"\0ch-test\0{PASSWORD}".encode())))[0] == 235
+    assert (await c.cmd(b"AUTH PLAIN AGZvbwBiYXI="))[1].startswith("503 5.5.1")          # already authenticated
+    assert (await c.cmd(b"MAIL FROM:<dpi@ch-test.example>"))[0] == 250
+    writer.write(b"RCPT TO:<victim@relay.example>\r\n")
+    line = await reader.readline()
+    assert line.startswith(b"550 5.7.1 Relay access denied") and line.isascii() and b"MSSante trust space" in line
+    assert (await c.cmd(b"QUIT"))[1].startswith("221 2.0.0")
+    writer.close()
+    c = await raw(hub, pki)                               # STARTTLS once TLS is up: refused, not a nested TLS
+    assert (await c.cmd(b"STARTTLS"))[1] == "503 5.5.1 TLS already active"
+    assert (await c.cmd(b"NOOP"))[0] == 250
+    await c.close()
+    c = await RawSMTP.open(hub.smtp_port, pki["ca_file"])   # an AUTH response longer than a line: refused, in step
+    assert (await c.cmd(b"AUTH LOGIN"))[0] == 334
+    assert (await c.cmd(b"Q" * 5000))[1] == "500 5.5.6 Authentication line too long"
+    assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"
+    assert (await c.cmd(b"AUTH PLAIN"))[0] == 334
+    assert (await c.cmd(b"%%%"))[1] == "501 5.5.2 Can't decode base64"
+    assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"
+    await c.close()
+
+
+async def test_source_routes_are_dropped_and_orcpt_needs_both_parts(start_hub, peer, conn, pki):
+    """`<@relay.example:dpi@ch-test.example>` is the mailbox after the route (RFC 5321 4.1.1.3): the route is
+    neither stored nor relayed, and a route never turns a foreign destination into a local one."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    c = await raw(hub, pki)
+    assert (await c.cmd(b"MAIL FROM:<@relay.example,@other.example:dpi@ch-test.example>"))[0] == 250
+    code, text = await c.cmd(b"RCPT TO:<@hub.example.org:victim@relay.example>")
+    assert code == 550 and "relay.example" in text
+    for bad in (b"ORCPT=;", b"ORCPT=rfc822;", b"ORCPT=;dr@x.fr"):
+        code, text = await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr> " + bad)
+        assert text.startswith("555 5.5.4") and "ORCPT" in text, bad
+    assert (await c.cmd(b"RCPT TO:<@relay.example:dr.martin@medecin.mssante.fr> ORCPT=rfc822;dr@x.fr"))[0] == 250
+    assert (await c.cmd(b"DATA"))[0] == 354
+    code, text = await c.cmd(HEAD % 7 + b"\r\nrouted\r\n.")
+    assert code == 250, text
+    await c.close()
+    await wait_for(lambda: len(peer.messages) == 1)
+    assert peer.messages[0].mail_from == "dpi@ch-test.example"
+    assert peer.messages[0].rcpt_tos == ["dr.martin@medecin.mssante.fr"]
+    assert await conn.fetchval("SELECT mail_from FROM message") == "dpi@ch-test.example"
+
+
+async def test_a_slow_upload_is_not_cut_by_the_session_timeout(start_hub, peer, pki):
+    """smtp.session_timeout is the client's silence: a message that keeps coming for longer than that (a large
+    letter over a slow link) is received whole."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_}, smtp={"session_timeout": 1.0})
+    c = await raw(hub, pki)
+    assert (await c.cmd(b"MAIL FROM:<dpi@ch-test.example>"))[0] == 250
+    assert (await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr>"))[0] == 250
+    assert (await c.cmd(b"DATA"))[0] == 354
+    c.writer.write(HEAD % 8 + b"\r\n")
+    for n in range(5):                        # 2.5 s in all, never 1 s of silence
+        await asyncio.sleep(0.5)
+        c.writer.write(b"line %d of a letter sent slowly\r\n" % n)
+    c.writer.write(b".\r\n")
+    code, text = await c.reply()
+    assert code == 250, text
+    await c.close()

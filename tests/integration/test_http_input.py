@@ -35,3 +35,24 @@ async def test_nul_anywhere_in_the_api_is_a_clear_400(start_hub, conn):
         async with http.get(URL(base + "/api/audit/messages?sender=x", encoded=True),
                             headers={"Authorization": f"Bearer {auditor}"}) as r:
             assert r.status == 200 and (await r.json())["messages"] == []
+
+
+async def test_odd_audit_parameters_are_json_400s(start_hub, conn):
+    """The last day of the calendar, a misspelt filter and a repeated one: each a JSON 400 naming it, never a 500
+    and never a search silently widened to every message."""
+    hub = await start_hub({})
+    _, auditor = await tokens.create(conn, "alice", "auditor", actor="test")
+    base = f"http://127.0.0.1:{hub.http_port}"
+    cases = {"/api/audit/messages?until=9999-12-31": "date out of range: '9999-12-31'",
+             "/api/audit/messages?recipent=dr.martin@medecin.mssante.fr": "unknown parameter 'recipent'",
+             "/api/audit/messages?since=2026-01-01&since=2026-02-01": "parameter 'since' given more than once"}
+    async with aiohttp.ClientSession() as http:
+        for path, message in cases.items():
+            async with http.get(base + path, headers={"Authorization": f"Bearer {auditor}"}) as r:
+                assert r.status == 400 and r.content_type == "application/json", (path, r.status)
+                assert message in (await r.json())["error"], path
+        async with http.get(base + "/audit?until=9999-12-31&go=1", headers={"Authorization": f"Bearer {auditor}"}) as r:
+            assert r.status == 400 and "date out of range" in await r.text()
+        async with http.get(base + "/api/audit/messages?until=2026-12-31&format=csv",
+                            headers={"Authorization": f"Bearer {auditor}"}) as r:
+            assert r.status == 200

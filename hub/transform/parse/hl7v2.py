@@ -116,6 +116,10 @@ def read_patient(msg: Er7) -> Patient:
     pid = msg.first("PID")
     if pid is None:
         raise ParseError("HL7 v2: no PID segment", where="PID")
+    pids = msg.all("PID")
+    if len(pids) > 1:          # an ORU^R01 may carry several patients: one document would mix their results
+        raise ParseError(f"one patient per message: the HL7 message has {len(pids)} PID segments",
+                         where=pids[1].where(1))
     ins = ins_oid = local = local_oid = ""
     for rep in msg.reps(pid.get(3)):
         cx = msg.comps(rep, 5)
@@ -242,10 +246,10 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     if not status:
         raise ParseError("OBX-11 (result status, required) is empty: the message is incomplete (cut in transit?)",
                          where=seg.where(11))
-    value = msg.unescape(seg.get(5))
+    reps = msg.reps(seg.get(5))               # OBX-5 may repeat (two organisms, the lines of a TX): keep them all
+    value = ("\n" if kind in ("TX", "FT") else ", ").join(msg.unescape(r) for r in reps)
     if kind in ("CE", "CWE"):
-        c = msg.comps(seg.get(5), 2)
-        value = c[1] or c[0]
+        value = ", ".join((c[1] or c[0]) for c in (msg.comps(r, 2) for r in reps))
     elif kind == "SN":
         value = _sn(msg, seg)
     unit = msg.comps(seg.get(6), 3)

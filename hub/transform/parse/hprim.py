@@ -237,7 +237,11 @@ def _result(d: _Delims, rec: _Record, battery: int) -> dict:
     if not code[0]:
         raise ParseError("OBX without analyte code", where=rec.where(3))
     kind = rec.get(2) or "ST"
-    value = d.unescape(rec.get(5))
+    reps = rec.get(5).split(d.rep) if rec.get(5) else []    # repeated values (two organisms, lines of a TX)
+    if kind in ("CE", "CWE"):                                 # coded: `code~label~system`, the label is what is meant
+        value = ", ".join((c[1] if len(c) > 1 and c[1] else c[0]) for c in (d.comps(r) for r in reps))
+    else:
+        value = ("\n" if kind in ("TX", "FT") else ", ").join(d.unescape(r) for r in reps)
     range_text = d.unescape(rec.get(7)).strip()
     low, high, low_open, high_open = parse_range(range_text)
     loinc, loinc_label = "", ""

@@ -37,7 +37,9 @@ _MIME_BLOCK = struct.Struct(f"{LINE}s2x" * 64)       # 64 MIME lines: their text
 _DATA_BLOCK = LINE // 4 * 3 * 64                      # the bytes 64 lines encode
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")    # the stdlib feed parser's headerRE
-KEEP = ("from", "to", "cc", "date", "message-id", "reply-to", "in-reply-to", "references", "sender",
+# headers of the received message kept on a transformed one; `received` first of all (RFC 5321 4.4: trace fields,
+# the hub's own included, are never removed: loop detection and the path a result took depend on them)
+KEEP = ("received", "from", "to", "cc", "date", "message-id", "reply-to", "in-reply-to", "references", "sender",
         "disposition-notification-to", "return-receipt-to", "original-recipient", "x-mss-mes")
 
 

@@ -16,9 +16,10 @@ def test_deliver_is_the_default_disposition(rules):
 
 def test_transform_short_and_long_form(rules):
     assert actions_of(rules, "      transform: cda_to_xdm\n").transform == Transform("cda_to_xdm", {})
-    a = actions_of(rules, "      transform: {chain: hprim_to_cda_xdm, params: {doc_code: 11502-2, n: 3, x: on}}\n")
-    assert a.transform.chain == "hprim_to_cda_xdm"
-    assert dict(a.transform.params) == {"doc_code": "11502-2", "n": 3, "x": True}
+    a = actions_of(rules, "      transform: {chain: pdf_to_cda_n1_xdm, params: {doc_code: 11502-2, metadata: {version: 3},"
+                          " title: on}}\n")
+    assert a.transform.chain == "pdf_to_cda_n1_xdm"
+    assert dict(a.transform.params) == {"doc_code": "11502-2", "metadata": {"version": 3}, "title": True}
 
 
 def test_headers_add_set_remove(rules):
@@ -91,3 +92,40 @@ def test_reject_takes_no_modifiers(rule_errors):
         """, "99-z.yaml": "rules:\n  - id: z\n"})
     assert errors == ["10-a.yaml:4:11: reject delivers nothing: remove copy_to",
                       "10-a.yaml:4:20: reject: enhanced code 4.7.1 does not agree with reply code 554"]
+
+
+def test_transform_params_the_chain_does_not_read_are_errors(rule_errors):
+    """A misspelt parameter, a parameter of another chain, a metadata key that does not exist, an unknown time zone
+    or CR-BIO chapter: each an error at its line, never a document quietly built with the default."""
+    errors = rule_errors({"10-a.yaml": """\
+        rules:
+          - id: r
+            match: {account: a}
+            then:
+              transform:
+                chain: hprim_to_cda_xdm
+                params: {chaptre: 18723-7, doc_code: 11502-2, tz: Mars/Olympus}
+          - id: s
+            match: {account: b}
+            then:
+              transform:
+                chain: pdf_to_cda_n1_xdm
+                params: {doc_code: 11490-0, chapter: 18723-7, metadata: {org_finess: "690000001", patient_oid: x}}
+          - id: t
+            match: {account: c}
+            then:
+              transform: {chain: hl7_oru_to_cda_xdm, params: {chapter: "99999-9", body: Bonjour, tz: Europe/Paris}}
+        """, "99-z.yaml": "rules:\n  - id: z\n"})
+    known_lab = "(its parameters: body, chapter, metadata, now, tz)"
+    assert errors == [
+        f"10-a.yaml:7:18: transform.params: hprim_to_cda_xdm has no parameter 'chaptre' {known_lab}",
+        f"10-a.yaml:7:36: transform.params: hprim_to_cda_xdm has no parameter 'doc_code' {known_lab}",
+        "10-a.yaml:7:59: transform.params.tz: unknown time zone 'Mars/Olympus'",
+        "10-a.yaml:13:37: transform.params: pdf_to_cda_n1_xdm has no parameter 'chapter' "
+        "(its parameters: body, doc_code, metadata, now, title, tz)",
+        "10-a.yaml:13:91: transform.params.metadata: unknown metadata key 'patient_oid' "
+        "(the flat keys of docs/transform.md §3)",
+        "10-a.yaml:17:64: transform.params.chapter: '99999-9' is not a CR-BIO chapter (one of "
+        + errors[-1].split("(one of ")[-1],
+    ]
+    assert "18723-7" in errors[-1]

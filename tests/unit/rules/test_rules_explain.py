@@ -61,7 +61,7 @@ async def test_explain_message_lists_recipients_rules_and_envelope():
     assert "  rule: bioxa-hprim (10-labo-bioxa.yaml:7), decidable at DATA time" in text
     assert ("    - interface-tests-to-sandbox (00-defaults.yaml:7): account: 'labo-bioxa' is not one of "
             "'recette-editeur-a', 'recette-editeur-b'") in text
-    assert "  transform: hprim_to_cda_xdm {'doc_code': '11502-2', 'keep_original': True}" in text
+    assert "  transform: hprim_to_cda_xdm {'chapter': '18719-5'}" in text
     assert ("  final envelope: MAIL FROM:<resultats@labo-bioxa.mssante.fr> RCPT TO:<dr.a@med.mssante.fr>, "
             "<archives@labo-bioxa.mssante.fr>") in text
     assert ("recipient dr.b@med.mssante.fr:\n  resolution: unresolved (directory)\n" in text)

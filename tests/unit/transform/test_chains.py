@@ -307,3 +307,16 @@ def test_detection_kinds():
     plain = b"From: a@b\r\nSubject: hi\r\n\r\nJust text.\r\n"
     d = detect(plain)
     assert (d.kind, len(d.parts), d.summary.kind) == ("other", 1, "other")
+
+
+def test_a_transformed_message_keeps_its_trace_fields_first(registry, schema):
+    """The hub's own Received field (added at intake) and the sender's are kept, in order, at the top: a relay never
+    removes trace fields (RFC 5321 4.4), and the next hop counts them to detect loops."""
+    hops = ("Received: from dpi.ch-test.example ([10.1.2.3])\r\n\tby hub.example.org (hub) with ESMTPSA id 1a2b\r\n"
+            "\tfor <dr.house@medecin.mssante.fr>; Wed, 15 Jan 2025 10:31:00 +0100\r\n"
+            "Received: from sil.labo.example by mx.labo.example; Wed, 15 Jan 2025 10:30:30 +0100\r\n")
+    message = hops.encode() + mail((sample("hprim/synthetic_hprim_sante_2.2_ORU.hpr"), "text/plain", "res.hpr"))
+    out = registry.apply("hprim_to_cda_xdm", message, PARAMS)
+    msg, *_ = unpack(out.message, schema)
+    assert out.message.startswith(b"Received: from dpi.ch-test.example ([10.1.2.3])\r\n\tby hub.example.org")
+    assert [v.split()[1] for v in msg.get_all("Received")] == ["dpi.ch-test.example", "sil.labo.example"]

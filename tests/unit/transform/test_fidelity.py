@@ -203,6 +203,48 @@ def test_truncated_hl7_oru_is_a_parse_error(cut, where):
     assert err.value.where == where and "incomplete" in str(err.value)
 
 
+def test_repeated_obx5_values_are_all_kept():
+    """OBX-5 repeats: two organisms of one culture, two coded values, the lines of a TX result. Each is kept
+    (readable, without the `~` separator); before, a coded value kept only the first one."""
+    data = corpus("oru_epsilon.hl7")
+    data = data.replace(b"||A^Groupe A^L||", b"||A^Groupe A^L~RH+^Rhesus positif^L||")
+    data = data.replace(b"OBX|4|NM|62238-1", b"OBX|4|ST|600-7^Hemoculture^LN||Staphylococcus aureus~Escherichia coli"
+                                             b"||||||F\rOBX|5|TX|48767-8^Note^LN||Ligne 1~Ligne 2||||||F\rOBX|6|NM|62238-1")
+    results = {r.loinc: r for r in read_lab_oru(parse_er7(data)).results}
+    assert results["883-9"].value == "Groupe A, Rhesus positif"
+    assert results["600-7"].value == "Staphylococcus aureus, Escherichia coli"
+    assert results["48767-8"].value == "Ligne 1\nLigne 2"
+
+
+@pytest.mark.parametrize("comp, rep", [("~", "^"), ("^", "~")])
+def test_hprim_coded_and_repeated_values_are_read_not_sent_raw(comp, rep):
+    """An HPRIM CE value is `code~label~system` (its label is the result) and a value may repeat; before, both went
+    out with the delimiters as written (`YEL~Jaune~L`, `E. coli^Klebsiella`), in either delimiter convention."""
+    c, r = comp, rep
+    lines = [f"H|{c}{r}\\&|R.HPR||LAB{c}LABO||ORU|||DR{c}DOCTEUR||P|H2.2{c}C|202501151030",
+             f"P|1|PAT1|F1||TESTPATIENT{c}MARIE||19800214|F",
+             f"OBR|1||{c}F1|URI{c}Urines{c}L|R||202501150745||||N|||202501150830",
+             f"OBX|1|CE|COUL{c}Couleur{c}L||YEL{c}Jaune{c}L{r}TRB{c}Trouble{c}L||||N|||F",
+             f"OBX|2|ST|GERM{c}Germes{c}L||E. coli{r}Klebsiella||||A|||F",
+             f"OBX|3|TX|CONC{c}Conclusion{c}L||Ligne 1{r}Ligne 2||||||F", "L|1"]
+    [report] = parse_hprim_sante("\r\n".join(lines).encode("latin-1"))
+    assert [x.value for x in report.results] == ["Jaune, Trouble", "E. coli, Klebsiella", "Ligne 1\nLigne 2"]
+
+
+def test_an_hl7_oru_with_two_patients_is_refused_not_merged_into_one_report(registry):
+    """ORU^R01 may repeat its PATIENT_RESULT group; one CR-BIO names one patient, so a second PID would put another
+    person's results into the first one's record: refused (as HPRIM with two patients), naming the second PID."""
+    data = corpus("oru_epsilon.hl7")
+    second = (b"PID|1||180127512345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS||AUTRE-TEST^PAUL^PAUL^^^^L"
+              b"||19800127|M\rOBR|1|CMD2|F2|24331-1^Lipid panel^LN|||20250312080000||||||||||||||20250312140000|||F"
+              b"\rOBX|1|NM|2093-3^Cholesterol^LN||3.10|g/L|<2.00|H|||F\r")
+    sep = b"\r\n" if b"\r\n" in data else b"\r" if b"\r" in data else b"\n"
+    message = mail((data.rstrip() + sep + second.replace(b"\r", sep), "application/hl7-v2", "e.hl7"))
+    with pytest.raises(ParseError) as err:
+        registry.apply("hl7_oru_to_cda_xdm", message, {"now": NOW})
+    assert err.value.where == "PID[2].1" and "one patient per message" in str(err.value)
+
+
 def test_a_truncated_file_fails_the_chain_before_anything_is_built(registry):
     message = mail((_cut(corpus("hs_alpha_hemato.hpr"), b"OBX|3"), "text/plain", "a.hpr"))
     with pytest.raises(ParseError):
