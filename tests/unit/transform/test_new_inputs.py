@@ -1,0 +1,36 @@
+"""Inputs as other labs and hospitals send them (QA as a new user): each test is a defect a new sender's file
+showed, and fails on the code before its fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.errors import ParseError
+from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru
+from hub.transform.parse.hprim import parse_hprim_sante
+from hub.transform.parse.text import decode_text
+
+CP1252_HPRIM = "\r".join([
+    "H|^~\\&|Z.HPR||LBZ^LABO ZETA||ORU|||MED1^DR MEDECIN||P|H2.4^C|20250401101500",
+    "P|1|PZ1|Z1|185057511212345|ESSAI^PAUL||19850512|M",
+    "OBR|1||^Z11|IONO^Ionogramme^L|R||202504010700",
+    "OBX|1|NM|K^Potassium^L^2823-3^Potassium^LN||5,8|mmol/l|3,5-5,0|H|||F",
+    "C|1|L|Contrôle conseillé – l’échantillon était hémolysé (cœur), 5 €…",
+    "L|1||1|5", ""]).encode("cp1252")
+
+
+def test_windows_1252_text_from_a_lab_is_read_as_such_not_as_invisible_controls():
+    [report] = parse_hprim_sante(CP1252_HPRIM)
+    assert report.results[0].comments == ("Contrôle conseillé – l’échantillon était hémolysé (cœur), 5 €…",)
+    oru = ("MSH|^~\\&|SIL|LAB|HUB|REG|20250401101500||ORU^R01|1|P|2.5|||||FRA|8859/1\r"
+           "PID|1||P1^^^LAB^PI||ESSAI^PAUL^^^^^L||19850512|M\r"
+           "OBR|1|C1|L1|IONO^Iono^L|||20250401070000\r"
+           "OBX|1|ST|K^Potassium^L||non rendu – hémolysé||||||F\r").encode("cp1252")
+    assert read_lab_oru(parse_er7(oru)).results[0].value == "non rendu – hémolysé"
+
+
+@pytest.mark.parametrize("raw", [b"caf\xe9 \x81 ok", "caf\u0092".encode("utf-8")])
+def test_a_byte_with_no_character_in_latin1_nor_cp1252_is_refused_naming_its_line(raw):
+    with pytest.raises(ParseError) as err:
+        decode_text(b"line one\r" + raw, "HPRIM")
+    assert "control character U+00" in str(err.value) and err.value.where == "line 2"
