@@ -19,6 +19,7 @@ INS_OIDS = frozenset({INS_NIR, INS_NIA, INS_NIR_TEST, INS_NIA_TEST})
 OID_RPPS = "1.2.250.1.71.4.2.1"       # IdNatPS, extension 8+RPPS
 OID_STRUCT = "1.2.250.1.71.4.2.2"     # IdNatStruct, extension 1+FINESS
 LOINC = "2.16.840.1.113883.6.1"
+_LOINC_SYSTEMS = frozenset({"LN", "LOINC", LOINC})     # the names senders give LOINC in a coded field
 _NIR = re.compile(r"[1-478]\d{4}(?:\d{2}|2[AB])\d{8}")
 
 
@@ -30,6 +31,11 @@ def birth_given_names(first: str, listed: str) -> str:
     if not listed or listed.split(" ")[0] == first or not first:
         return listed or first
     return f"{first} {listed}"
+
+
+def is_loinc_system(name: str) -> bool:
+    """The coding system of an HPRIM / HL7 coded field names LOINC (`LN`, HL7 table 0396; also `LOINC` or its OID)."""
+    return name.strip().upper() in _LOINC_SYSTEMS
 
 
 def is_nir(value: str) -> bool:

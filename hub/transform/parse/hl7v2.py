@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, replace
 
 from hub.errors import ParseError
-from hub.transform.model import INS_OIDS, Battery, LabReport, Party, Patient, Result, birth_given_names, is_nir
+from hub.transform.model import (INS_OIDS, Battery, LabReport, Party, Patient, Result, birth_given_names,
+                                 is_loinc_system, is_nir)
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, is_decimal, norm_ts, parse_range
 
@@ -173,9 +174,9 @@ def _battery(msg: Er7, obr: Segment) -> Battery:
     code = msg.comps(obr.get(4), 6)
     if not code[0] or code[0] == "11502-2":       # no battery, or the document type itself
         return Battery()
-    if code[2] == "LN" and _LOINC.match(code[0]):
+    if is_loinc_system(code[2]) and _LOINC.match(code[0]):
         return Battery(local_code=code[3], label=code[4] or code[1], loinc=code[0], loinc_label=code[1])
-    loinc = code[3] if code[5] == "LN" and _LOINC.match(code[3]) else ""
+    loinc = code[3] if is_loinc_system(code[5]) and _LOINC.match(code[3]) else ""
     return Battery(local_code=code[0], label=code[1], loinc=loinc, loinc_label=code[4] if loinc else "")
 
 
@@ -255,12 +256,12 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     unit = msg.comps(seg.get(6), 3)
     range_text = msg.unescape(seg.get(7)).strip()
     low, high, low_open, high_open = parse_range(range_text)
-    if code[2] == "LN" and _LOINC.match(code[0]):            # LOINC first, local code as alternate
+    if is_loinc_system(code[2]) and _LOINC.match(code[0]):   # LOINC first, local code as alternate
         loinc, loinc_label = code[0], code[1]
         local, label, system = (code[3], code[4] or code[1], code[5] or "L") if code[3] else ("", code[1], "")
     else:
         local, label, system = code[0], code[1], code[2]
-        loinc = code[3] if code[5] == "LN" and _LOINC.match(code[3]) else ""
+        loinc = code[3] if is_loinc_system(code[5]) and _LOINC.match(code[3]) else ""
         loinc_label = code[4] if loinc else ""
     observer = None
     for n in (16, 25):

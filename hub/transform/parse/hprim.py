@@ -11,7 +11,8 @@ import re
 from dataclasses import replace
 
 from hub.errors import ParseError
-from hub.transform.model import Battery, LabReport, Party, Patient, Result, birth_given_names, is_nir
+from hub.transform.model import (Battery, LabReport, Party, Patient, Result, birth_given_names, is_loinc_system,
+                                 is_nir)
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, fr_date, is_decimal, norm_ts, parse_range
 
@@ -211,7 +212,7 @@ def _battery(d: _Delims, obr: "_Record") -> Battery:
     if len(reps) != 1:
         return Battery()
     c = d.comps(reps[0]) + [""] * 6
-    loinc, label = (c[0], c[1]) if c[2] == "LN" else (c[3], c[4]) if c[5] == "LN" else ("", "")
+    loinc, label = (c[0], c[1]) if is_loinc_system(c[2]) else (c[3], c[4]) if is_loinc_system(c[5]) else ("", "")
     return Battery(local_code=c[0], label=c[1], loinc=loinc if _LOINC.match(loinc) else "", loinc_label=label)
 
 
@@ -246,11 +247,11 @@ def _result(d: _Delims, rec: _Record, battery: int) -> dict:
     low, high, low_open, high_open = parse_range(range_text)
     loinc, loinc_label = "", ""
     local, label, system = code[0], code[1], code[2] or "L"
-    if system == "LN" and _LOINC.match(code[0]):          # LOINC first, the local code as alternate
+    if is_loinc_system(system) and _LOINC.match(code[0]):  # LOINC first, the local code as alternate
         loinc, loinc_label = code[0], code[1]
         if code[3]:
             local, label, system = code[3], code[4] or code[1], code[5] or "L"
-    elif code[5] == "LN" and _LOINC.match(code[3]):       # local first, LOINC as alternate (components 4-6)
+    elif is_loinc_system(code[5]) and _LOINC.match(code[3]):  # local first, LOINC as alternate (components 4-6)
         loinc, loinc_label = code[3], code[4]
     return {"local_code": local, "label": label, "code_system": system, "loinc": loinc, "loinc_label": loinc_label,
             "value": decimal(value) if kind == "NM" and is_decimal(value) else value,

@@ -34,3 +34,23 @@ def test_a_byte_with_no_character_in_latin1_nor_cp1252_is_refused_naming_its_lin
     with pytest.raises(ParseError) as err:
         decode_text(b"line one\r" + raw, "HPRIM")
     assert "control character U+00" in str(err.value) and err.value.where == "line 2"
+
+
+@pytest.mark.parametrize("system", ["LN", "LOINC", "2.16.840.1.113883.6.1", "ln"])
+def test_loinc_is_read_whatever_name_the_sender_gives_its_coding_system(system):
+    oru = ("MSH|^~\\&|SIL|LAB|HUB|REG|20250401101500||ORU^R01|1|P|2.5\r"
+           "PID|1||P1^^^LAB^PI||ESSAI^PAUL^^^^^L||19850512|M\r"
+           f"OBR|1|C1|L1|24362-6^Bilan^{system}|||20250401070000\r"
+           f"OBX|1|NM|2345-7^Glucose^{system}||5.4|mmol/L|4.1-5.9|N|||F\r"
+           f"OBX|2|NM|GLU^Glycemie^L^2345-7^Glucose^{system}||5.4|mmol/L|4.1-5.9|N|||F\r").encode()
+    report = read_lab_oru(parse_er7(oru))
+    assert [r.loinc for r in report.results] == ["2345-7", "2345-7"]
+    assert report.batteries[0].loinc == "24362-6"
+    hprim = ("H|~^\\&|Z.HPR||LBZ~LABO||ORU|||||P|H2.2~C|202504011015\r"
+             "P|1|PZ1|Z1||ESSAI~PAUL||19850512|M\r"
+             f"OBR|1||~Z11|24362-6~Bilan~{system}|R||202504010700\r"
+             f"OBX|1|NM|GLU~Glycemie~L~2345-7~Glucose~{system}||5,4|mmol/l|4,1-5,9|N|||F\r"
+             f"OBX|2|NM|2345-7~Glucose~{system}||5,4|mmol/l|4,1-5,9|N|||F\rL|1||1|5\r").encode()
+    [report] = parse_hprim_sante(hprim)
+    assert [r.loinc for r in report.results] == ["2345-7", "2345-7"]
+    assert report.batteries[0].loinc == "24362-6"
