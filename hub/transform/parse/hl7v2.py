@@ -21,6 +21,9 @@ _SEGMENTS = re.compile(r"\r\n|\r|\n")
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 MAX_SEGMENTS = 100_000
+_HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
+_SIGNED = re.compile(r"^[+-]?\d{0,3}$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Er7:
     def __init__(self, segments: list[Segment], fs: str, cs: str, rs: str, esc: str, ss: str):
         self.segments = segments
         self.fs, self.cs, self.rs, self.esc, self.ss = fs, cs, rs, esc, ss
+        self._escape: re.Pattern | None = None
+        self._chars: dict[str, str] = {}
 
     @property
     def msh(self) -> Segment:
@@ -55,12 +60,35 @@ class Er7:
         return next((s for s in self.segments if s.name == name), None)
 
     def unescape(self, text: str) -> str:
+        """ER7 escapes (HL7 v2.5 §2.7), in one pass: delimiters, `.br` / `.sp` line breaks, `X` hex data; the
+        highlighting (`H`, `N`) and formatting commands are dropped; anything else stays as written."""
         e = self.esc
         if not e or e not in text:
             return text
-        for code, char in (("F", self.fs), ("S", self.cs), ("R", self.rs), ("T", self.ss), ("E", e)):
-            text = text.replace(f"{e}{code}{e}", char)
-        return text.replace(f"{e}.br{e}", "\n")
+        if self._escape is None:
+            self._escape = re.compile(re.escape(e) + "([^" + re.escape(e) + "]{1,32})" + re.escape(e))
+            self._chars = {"F": self.fs, "S": self.cs, "R": self.rs, "T": self.ss, "E": e, "H": "", "N": "",
+                           ".br": "\n", ".fi": "", ".nf": "", ".ce": ""}
+        return self._escape.sub(self._char, text)
+
+    def _char(self, m: re.Match) -> str:
+        seq = m.group(1)
+        if seq in self._chars:
+            return self._chars[seq]
+        if seq.startswith(".sp"):
+            return "\n" * (int(seq[3:]) if seq[3:].isdigit() and int(seq[3:]) <= 10 else 1)
+        if seq[:3] in (".in", ".ti", ".sk") and _SIGNED.match(seq[3:]):
+            return ""
+        if seq[0] == "X" and _HEX.match(seq[1:]):
+            raw = bytes.fromhex(seq[1:])
+            try:
+                char = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                char = raw.decode("cp1252", "replace")
+            char = char.replace("\r\n", "\n").replace("\r", "\n")
+            if not _CONTROL.search(char):
+                return char
+        return m.group(0)
 
     def reps(self, value: str) -> list[str]:
         return value.split(self.rs) if value else []

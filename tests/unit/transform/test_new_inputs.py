@@ -54,3 +54,14 @@ def test_loinc_is_read_whatever_name_the_sender_gives_its_coding_system(system):
     [report] = parse_hprim_sante(hprim)
     assert [r.loinc for r in report.results] == ["2345-7", "2345-7"]
     assert report.batteries[0].loinc == "24362-6"
+
+
+def test_hl7_escapes_are_read_highlighting_and_hex_included_never_sent_raw():
+    oru = ("MSH|^~\\&|SIL|LAB|HUB|REG|20250401101500||ORU^R01|1|P|2.5\r"
+           "PID|1||P1^^^LAB^PI||ESSAI^PAUL^^^^^L||19850512|M\r"
+           "OBR|1|C1|L1|IONO^Iono^L|||20250401070000\r"
+           "NTE|1|L|Commentaire \\H\\important\\N\\ :\\.sp\\suite \\E\\F\\E\\ \\X41C3A9\\ \\X00\\ \\.in+4\\fin\r"
+           "OBX|1|ST|K^Potassium^L||Non \\H\\rendu\\N\\\\.br\\h\\X e9\\molys\\XE9\\||||||F\r").encode("latin-1")
+    report = read_lab_oru(parse_er7(oru))
+    assert report.comments == ("Commentaire important :\nsuite \\F\\ Aé \\X00\\ fin",)
+    assert report.results[0].value == "Non rendu\nh\\X e9\\molysé"
