@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from hub.errors import ParseError, TransformError
 from hub.transform.build import mss
 from hub.transform.build.cda import finish, n1_frame
-from hub.transform.build.cda_bio import CHAPTERS, build_cr_bio_n3
+from hub.transform.build.cda_bio import CHAPTERS, INTERPRETATION, build_cr_bio_n3
 from hub.transform.build.pdf_report import render_report
 from hub.transform.build.xdm import build_xdm, read_xdm
 from hub.transform.model import LabReport
@@ -147,6 +147,10 @@ def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: b
         warnings.append("no RPPS for the validating biologist: author id sent as nullFlavor UNK")
     if not report.sender.family:
         warnings.append("no name for the validating biologist: sent as nullFlavor UNK")
+    for res in report.results:
+        if res.flag and res.flag.upper() not in INTERPRETATION:
+            warnings.append(f"flag {res.flag!r} of {res.local_code or res.loinc!r} is not an HL7 interpretation code: "
+                            "written in the narrative only")
     if not report.patient.ins_oid:
         warnings.append("no qualified INS: patient identified by the lab's local id")
     elif not report.patient.birth_place_cog:

@@ -36,7 +36,17 @@ CHAPTERS = {"18719-5": "Biochimie", "18723-7": "Hématologie", "18727-8": "Séro
             "18721-1": "Suivi thérapeutique", "26435-8": "Pathologie moléculaire", "26437-4": "Tests de provocation",
             "26438-2": "Cytologie", "18722-9": "Fertilité", "18724-5": "HLA", "18726-0": "Radiobiologie"}
 INTERPRETATION = {"N": "Normal", "L": "Bas", "H": "Haut", "LL": "Critique bas", "HH": "Critique haut",
-                  "A": "Anormal", "AA": "Critique anormal", "<": "Inférieur au seuil", ">": "Supérieur au seuil"}
+                  "A": "Anormal", "AA": "Critique anormal", "<": "Inférieur au seuil", ">": "Supérieur au seuil",
+                  # the rest of JDV_HL7_ObservationInterpretation_CISIS (antibiograms, serologies, trends...)
+                  "S": "Sensible", "R": "Résistant", "I": "Intermédiaire", "SDD": "Sensible à forte dose",
+                  "NS": "Non sensible", "SYN-R": "Synergie - résistant", "SYN-S": "Synergie - sensible",
+                  "POS": "Positif", "NEG": "Négatif", "DET": "Détecté", "ND": "Non détecté", "RR": "Réactif",
+                  "WR": "Faiblement réactif", "NR": "Non réactif", "IND": "Indéterminé", "E": "Équivoque",
+                  "B": "Amélioration", "W": "Dégradation", "U": "Augmentation significative",
+                  "D": "Diminution significative", "HU": "Significativement haut", "LU": "Significativement bas",
+                  "HX": "Hors seuil supérieur", "LX": "Hors seuil inférieur", "EX": "Hors seuils",
+                  "CAR": "Porteur d'une forme altérée d'un gène", "EXP": "Attendu", "UNE": "Inattendu",
+                  "IE": "Preuves insuffisantes", "NCL": "Pas de standard défini"}
 BIOLOGY = "G15_10/SM03"
 _STATUS = {"F": "completed", "C": "completed", "P": "active", "I": "active", "R": "active", "X": "aborted",
            "D": "aborted"}

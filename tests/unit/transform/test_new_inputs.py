@@ -4,6 +4,8 @@ showed, and fails on the code before its fix."""
 from __future__ import annotations
 
 import pytest
+from lxml import etree
+from tx_support import NOW, V3, cdas, mail
 
 from hub.errors import ParseError
 from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru
@@ -65,3 +67,25 @@ def test_hl7_escapes_are_read_highlighting_and_hex_included_never_sent_raw():
     report = read_lab_oru(parse_er7(oru))
     assert report.comments == ("Commentaire important :\nsuite \\F\\ Aé \\X00\\ fin",)
     assert report.results[0].value == "Non rendu\nh\\X e9\\molysé"
+
+
+def test_antibiogram_and_serology_flags_are_interpretation_codes_of_the_ans_value_set(conformant):
+    oru = ("MSH|^~\\&|SIL|LAB|HUB|REG|20250401101500||ORU^R01|1|P|2.5\r"
+           "PID|1||280037512345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS||MARTIN-ESSAI^SOPHIE^SOPHIE^^^^L"
+           "||19800315|F|||^^LYON^^^^BDL^^69383\r"
+           "OBR|1|C1|L1|ATB^Antibiogramme^L|||20250401070000|||||||||||||||20250401100000|||F|||||||"
+           "10101234567&BIOLOGISTE&Claire\r"
+           "OBX|1|CE|18862-3^Amoxicilline^LN||R^Résistant^HL70078|||R|||F\r"
+           "OBX|2|CE|18864-9^Ampicilline^LN||S^Sensible^HL70078|||S|||F\r"
+           "OBX|3|ST|5195-3^VIH^LN||positif|||POS|||F\r"
+           "OBX|4|ST|18906-8^Ciprofloxacine^LN||MS|||MS|||F\r").encode()
+    out = conformant.apply("hl7_oru_to_cda_xdm", mail((oru, "application/hl7-v2", "k.hl7")), {"now": NOW},
+                           account="labo-alpha")
+    [doc] = cdas(out.message)
+    flags = {o.find("h:code", V3).get("code"): o.find("h:interpretationCode", V3)
+             for o in etree.fromstring(doc).iterfind(".//h:observation[h:value]", V3)}
+    assert {c: (f.get("code"), f.get("displayName")) for c, f in flags.items() if f is not None} == {
+        "18862-3": ("R", "Résistant"), "18864-9": ("S", "Sensible"), "5195-3": ("POS", "Positif")}
+    step = next(s for s in out.steps if s.name == "oru_to_cda_n3")
+    assert "flag 'MS' of '18906-8' is not an HL7 interpretation code: written in the narrative only" in step.warnings
+    assert next(s for s in out.steps if s.name == "cda_schematron").validation == "conformant (5 schematrons)"
