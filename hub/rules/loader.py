@@ -67,9 +67,13 @@ def read_dir(path: str | Path) -> dict[str, str]:
         raise RulesInvalid([RuleError(str(root), 1, 1, "rules directory not found")])
     files: dict[str, str] = {}
     errors: list[RuleError] = []
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.suffix not in SUFFIXES or not entry.is_file() or entry.name.startswith("."):
-            continue
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError as exc:
+        raise RulesInvalid([RuleError(str(root), 1, 1, f"cannot read the rules directory: {exc.strerror}")]) from None
+    for entry in entries:
+        if entry.suffix not in SUFFIXES or entry.name.startswith("."):
+            continue          # a *.yaml that is no readable file (dangling link, directory) is an error below
         try:
             files[entry.name] = entry.read_bytes().decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -151,3 +151,24 @@ def test_the_readme_shows_every_matcher_and_action():
     text = (ROOT / "routing_rules" / "README.md").read_text()
     for name in ENVELOPE + CONTENT + DISPOSITIONS + MODIFIERS:
         assert f"id: example-{name.replace('_', '-')}" in text, name
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: (p / "15-x.yaml").symlink_to(p / "gone.yaml"), "No such file or directory"),   # link to an unmounted file
+    (lambda p: (p / "15-x.yaml").symlink_to(p / "15-x.yaml"), "Too many levels of symbolic links"),
+    (lambda p: (p / "15-x.yaml").mkdir(), "Is a directory")])
+def test_a_rule_file_that_cannot_be_read_is_an_error_not_silently_skipped(tmp_path, make, reason):
+    (tmp_path / "10-a.yaml").write_text("a")
+    make(tmp_path)
+    with pytest.raises(RulesInvalid) as info:
+        read_dir(tmp_path)
+    assert str(info.value.errors[0]) == f"15-x.yaml:1:1: cannot read: {reason}"
+
+
+def test_a_rules_directory_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    def denied(self):       # the tests run as root, whom chmod does not stop
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(RulesInvalid) as info:
+        read_dir(tmp_path)
+    assert str(info.value.errors[0]) == f"{tmp_path}:1:1: cannot read the rules directory: Permission denied"
