@@ -229,6 +229,18 @@ def _section_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def toml_text(data: bytes, path: str | os.PathLike) -> dict[str, Any]:
+    """A TOML file's bytes -> tables; a byte that is not UTF-8 is a ConfigError naming its line (a BOM, as Windows
+    editors write, is skipped)."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text (a TOML file is UTF-8)") from None
+    return tomllib.loads(text)
+
+
 def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read the TOML file (if any) and the environment; raise ConfigError naming the bad key."""
     env = dict(os.environ if env is None else env)
@@ -237,7 +249,7 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     if path:
         try:
             with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
+                raw = toml_text(fh.read(), path)
         except FileNotFoundError:
             raise ConfigError(f"{path}: configuration file not found") from None
         except tomllib.TOMLDecodeError as exc:

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from hub.errors import ConfigError
+from hub.settings import toml_text
 from hub.transform.model import INS_OIDS
 
 PARAM_KEYS = frozenset({"chapter", "doc_code", "title", "tz"})
@@ -57,7 +58,7 @@ class SenderProfiles:
             return cls()
         try:
             with open(path, "rb") as fh:
-                data = tomllib.load(fh)
+                data = toml_text(fh.read(), path)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"transform.senders: cannot read {path}: {exc}") from None
         profiles = {}

@@ -97,3 +97,19 @@ def test_other_programs_hub_variables_are_left_alone():
     s = S.load(None, env={"HUB_PROTOCOL": "https", "HUB_VERBOSE": "1", "HUB_DATABASE_ADMIN_URL": "postgresql://a@b/c",
                           "HUB_TEST_DATABASE_URL": "x", "HUB_SHARED": "/s", "HUB_DATABASE_URL": "postgresql://h@db/hub"})
     assert s.database.url == "postgresql://h@db/hub"
+
+
+def test_a_configuration_file_that_is_not_utf8_is_refused_at_its_line_and_a_bom_is_read(tmp_path):
+    from hub.transform.senders import SenderProfiles
+
+    cfg = tmp_path / "hub.toml"
+    cfg.write_bytes("[hub]\ndomains = ['hub.example.org']\n[smtp]\nhostname = 'hub.example.org' # hôte\n"
+                    .encode("cp1252"))
+    with pytest.raises(ConfigError) as err:
+        S.load(cfg, env={})
+    assert str(err.value) == f"{cfg}: line 4: not UTF-8 text (a TOML file is UTF-8)"
+    with pytest.raises(ConfigError) as err:
+        SenderProfiles.from_file(str(cfg))
+    assert str(err.value) == f"{cfg}: line 4: not UTF-8 text (a TOML file is UTF-8)"
+    cfg.write_bytes(b"\xef\xbb\xbf[smtp]\nhostname = 'hub.example.org'\n")      # Notepad's UTF-8
+    assert S.load(cfg, env={}).smtp.hostname == "hub.example.org"
