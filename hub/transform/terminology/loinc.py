@@ -68,7 +68,7 @@ class LoincMap:
         if not path:
             return cls()
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:      # Excel writes "CSV UTF-8" with a BOM
                 return cls.from_csv_text(fh.read(), path)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"transform.loinc_map: cannot read {path}: {exc}") from None

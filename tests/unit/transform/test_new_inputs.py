@@ -89,3 +89,13 @@ def test_antibiogram_and_serology_flags_are_interpretation_codes_of_the_ans_valu
     step = next(s for s in out.steps if s.name == "oru_to_cda_n3")
     assert "flag 'MS' of '18906-8' is not an HL7 interpretation code: written in the narrative only" in step.warnings
     assert next(s for s in out.steps if s.name == "cda_schematron").validation == "conformant (5 schematrons)"
+
+
+def test_a_loinc_map_saved_by_excel_with_a_bom_maps_its_first_code(tmp_path):
+    from hub.transform.terminology.loinc import LoincMap
+
+    path = tmp_path / "map.csv"
+    path.write_bytes(b"\xef\xbb\xbfGLY,14749-6,Glucose,mmol/L\r\nCREA,14682-9,Creatinine,umol/L\r\n")
+    assert LoincMap.from_file(str(path)).get("GLY").loinc == "14749-6"
+    path.write_bytes(b"\xef\xbb\xbflocal_code,loinc_code,loinc_label,ucum_unit\r\nGLY,14749-6,Glucose,mmol/L\r\n")
+    assert LoincMap.from_file(str(path)).get("GLY").loinc == "14749-6"
