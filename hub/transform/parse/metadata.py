@@ -182,6 +182,9 @@ def _check(m: dict[str, str], vs: ValueSets, origin: Mapping[str, str] | None = 
     def _where(key: str) -> str:         # noqa: F811  (the origin of each value)
         return (origin or {}).get(key) or f"metadata.{key}"
 
+    for key in ("patient_ins_oid", "patient_id_oid", "doc_id_root", "set_id_root", "encounter_id_root"):
+        if m.get(key, "").lower().startswith("urn:oid:"):     # an OID as a URI (FHIR-style identifiers)
+            m[key] = m[key][8:]
     ins = m.get("patient_ins", "").replace(" ", "")
     if ins:
         if not is_nir(ins):

@@ -99,3 +99,16 @@ def test_a_loinc_map_saved_by_excel_with_a_bom_maps_its_first_code(tmp_path):
     assert LoincMap.from_file(str(path)).get("GLY").loinc == "14749-6"
     path.write_bytes(b"\xef\xbb\xbflocal_code,loinc_code,loinc_label,ucum_unit\r\nGLY,14749-6,Glucose,mmol/L\r\n")
     assert LoincMap.from_file(str(path)).get("GLY").loinc == "14749-6"
+
+
+def test_oids_written_as_urn_oid_uris_in_a_hospitals_json_are_read_as_oids():
+    from hub.transform.parse import metadata as md
+
+    m = md.merge(md.from_object({"patient": {"ins": {"value": "185057511212345", "oid": "urn:oid:1.2.250.1.213.1.4.10"},
+                                             "ipp": {"value": "77", "oid": "URN:OID:1.2.250.1.999.88.1"}},
+                                 "document": {"id": {"root": "urn:oid:1.2.250.1.999.88.2", "extension": "D1"}}}))
+    assert (m["patient_ins_oid"], m["patient_id_oid"], m["doc_id_root"]) == (
+        "1.2.250.1.213.1.4.10", "1.2.250.1.999.88.1", "1.2.250.1.999.88.2")
+    with pytest.raises(ParseError) as err:
+        md.merge({"patient_ins": "185057511212345", "patient_ins_oid": "urn:oid:1.2.250.1.999"})
+    assert err.value.where == "metadata.patient_ins_oid"
