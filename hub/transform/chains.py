@@ -30,7 +30,7 @@ from hub.transform.parse.detect import classify
 from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru, read_patient
 from hub.transform.parse.mdm import read_mdm
 from hub.transform.parse.hprim import parse_hprim_net, parse_hprim_sante
-from hub.transform.parse.mime import Part, walk
+from hub.transform.parse.mime import Part, pdf_complete, walk
 from hub.transform.senders import SenderProfile
 from hub.transform.steps import Context, Steps, TransformOutcome
 from hub.transform.terminology.dates import now_ts
@@ -175,7 +175,17 @@ def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: b
 
 def _pdf(parts: list[Part]) -> tuple[bytes, str] | None:
     found = _find(parts, "pdf")
-    return (found[0].payload(), found[0].filename or "document.pdf") if found else None
+    if not found:
+        return None
+    pdf, name = found[0].payload(), found[0].filename or "document.pdf"
+    _complete_pdf(pdf[-1024:], "PDF attachment")
+    return pdf, name
+
+
+def _complete_pdf(tail: bytes, where: str) -> None:     # where: never the file name (it may name the patient)
+    if not pdf_complete(tail):
+        raise ParseError("the PDF has no end marker (%%EOF) at its end: the document is incomplete (cut in transit?)",
+                         where=where)
 
 
 def _lab_report(ctx: Context, report: LabReport, top, parts: list[Part], params) -> tuple[LabReport, list[str]]:
@@ -271,6 +281,7 @@ def pdf_to_cda_n1_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -
             raise TransformError("no PDF attachment (nor an HL7 MDM^T02 carrying one) in the message")
         pdf_bytes, mdm_meta = read_mdm(parse_er7(mdm[0].payload()))
         pdf_name = (mdm[0].filename or "document").rsplit(".", 1)[0] + ".pdf"
+        _complete_pdf(pdf_bytes[-1024:], "OBX-5 (the PDF)")
     else:
         part = found[0]
         pdf_name = part.filename or "document.pdf"
@@ -283,9 +294,12 @@ def pdf_to_cda_n1_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -
     b64 = part.mime_base64() if part is not None else None
     if b64 is not None:       # the usual case: no decoding, the sender's base64 reused in the CDA and the mail
         pdf, pdf_lines, text = b64.prefix(4096), b64.lines, b64.text
+        _complete_pdf(b64.suffix(1024), "PDF attachment")
     else:
         pdf = part.payload() if part is not None else pdf_bytes
         pdf_lines, text = None, [base64.b64encode(pdf)]
+        if part is not None:
+            _complete_pdf(pdf[-1024:], "PDF attachment")
     try:
         head, tail = n1_frame(meta, pdf, doc_id_root=f"{ctx.hub_oid}.1", doc_id_ext=seed.hex()[:32],
                               local_id_root=f"{ctx.hub_oid}.3", tz=tz, vs=ctx.value_sets)

@@ -103,6 +103,24 @@ class Base64Body(NamedTuple):
                 break
         return binascii.a2b_base64(b"".join(text)[:want])[:n]
 
+    def suffix(self, n: int) -> bytes:
+        """The last n (or a few more) decoded bytes (canonical base64: every 4 characters from the end are whole)."""
+        want = -(-n // 3) * 4 + 4
+        text, got = [], 0
+        for piece in reversed(self.text):
+            text.append(piece)
+            got += len(piece)
+            if got >= want:
+                break
+        tail = b"".join(reversed(text))
+        return binascii.a2b_base64(tail[len(tail) - min(want, len(tail)) // 4 * 4:])
+
+
+def pdf_complete(tail: bytes) -> bool:
+    """Whether a PDF's last bytes hold its end marker: `%%EOF` within the last 1024 bytes (where PDF readers look
+    for it). A PDF cut in transit has none."""
+    return b"%%EOF" in tail[-1024:]
+
 
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 

@@ -216,7 +216,8 @@ def test_pdf_base64_reused_only_when_canonical(registry, schema, variant):
     """The sender's base64 goes into the CDA as it is only when it is exactly b64encode of the PDF in 76-column
     lines; anything else is decoded and encoded again: the CDA and the attachment always carry the PDF's bytes."""
     import base64
-    pdf = make_pdf(4000) + b"x"                     # 1 byte over a multiple of 3: the last quantum is padded
+    pdf = make_pdf(4000)
+    pdf += b"\n" * ((1 - len(pdf)) % 3)              # 1 byte over a multiple of 3: the last quantum is padded
     text = base64.b64encode(pdf)
     body = {"canonical": _lines(text),
             "junk": _lines(text[:3000] + b"!" + text[3000:]),      # a2b_base64 skips the junk character

@@ -112,3 +112,50 @@ def test_oids_written_as_urn_oid_uris_in_a_hospitals_json_are_read_as_oids():
     with pytest.raises(ParseError) as err:
         md.merge({"patient_ins": "185057511212345", "patient_ins_oid": "urn:oid:1.2.250.1.999"})
     assert err.value.where == "metadata.patient_ins_oid"
+
+
+def _mail_b64(pdf: bytes, meta: bytes, width: int) -> bytes:
+    """A mail with the PDF in base64 lines of `width` characters (76: what the hub reuses without decoding)."""
+    import base64
+
+    b64 = base64.b64encode(pdf)
+    body = b"\r\n".join(b64[i:i + width] for i in range(0, len(b64), width))
+    return (b"From: a@b.fr\r\nTo: c@d.fr\r\nSubject: lettre\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: application/pdf; name="l.pdf"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + body + b"\r\n--B\r\nContent-Type: application/json\r\n\r\n"
+            + meta + b"\r\n--B--\r\n")
+
+
+@pytest.mark.parametrize("width", [76, 60])
+def test_a_pdf_cut_in_transit_is_refused_not_sent_as_the_letter(registry, width):
+    from tx_support import corpus, make_pdf, mdm_t02
+
+    pdf, meta = make_pdf(5000), corpus("letter_flat.json")
+    out = registry.apply("pdf_to_cda_n1_xdm", _mail_b64(pdf, meta, width), {"now": NOW})
+    assert cdas(out.message)
+    for cut in (len(pdf) - 8, len(pdf) // 2, 2000):
+        with pytest.raises(ParseError) as err:
+            registry.apply("pdf_to_cda_n1_xdm", _mail_b64(pdf[:cut], meta, width), {"now": NOW})
+        assert err.value.where == "PDF attachment" and "no end marker (%%EOF)" in str(err.value)
+    with pytest.raises(ParseError) as err:             # an MDM^T02 carrying a cut PDF
+        registry.apply("pdf_to_cda_n1_xdm", mail((mdm_t02(pdf[:3000]), "application/hl7-v2", "m.hl7")),
+                       {"now": NOW})
+    assert "no end marker" in str(err.value)
+    with pytest.raises(ParseError) as err:             # a lab's PDF copy beside its HPRIM
+        registry.apply("hprim_to_cda_xdm", mail((corpus("hs_alpha_hemato.hpr"), "text/plain", "a.hpr"),
+                                                (pdf[:3000], "application/pdf", "cr.pdf")), {"now": NOW})
+    assert err.value.where == "PDF attachment"
+
+
+def test_the_last_bytes_of_canonical_base64_are_decoded_exactly():
+    import base64
+    import os
+
+    from hub.transform.parse.mime import Base64Body
+
+    for size in (0, 1, 2, 3, 56, 57, 58, 1000, 1024, 1025, 3000):
+        data = os.urandom(size)
+        b64 = base64.b64encode(data)
+        pieces = [b64[i:i + 76] for i in range(0, len(b64), 76)] or [b""]
+        assert data.endswith(Base64Body(pieces, memoryview(b"")).suffix(1024)[-1024:])
+        assert len(Base64Body(pieces, memoryview(b"")).suffix(1024)) >= min(size, 1024)
