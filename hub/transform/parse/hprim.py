@@ -338,6 +338,8 @@ def _net_result(line: str, where: str) -> Result:
     """`RES|label|code|type|value|unit|low|high|flag|status|value2|unit2|low2|high2`. A bound may be written
     `<3.0` or `>60` (in either field), or the low field may hold the whole range (`4,1-5,9`)."""
     f = line.split("|")[1:]
+    while len(f) > 13 and not f[-1].strip():      # a line ending with its delimiter, or empty trailing fields
+        f.pop()
     if len(f) < 4 or len(f) > 13:
         raise ParseError(f"HPRIM Net: RES line has {len(f)} fields (expected 4 to 13)", where=where)
     f += [""] * (13 - len(f))

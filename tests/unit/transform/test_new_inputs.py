@@ -159,3 +159,18 @@ def test_the_last_bytes_of_canonical_base64_are_decoded_exactly():
         pieces = [b64[i:i + 76] for i in range(0, len(b64), 76)] or [b""]
         assert data.endswith(Base64Body(pieces, memoryview(b"")).suffix(1024)[-1024:])
         assert len(Base64Body(pieces, memoryview(b"")).suffix(1024)) >= min(size, 1024)
+
+
+def test_hprim_net_res_lines_ending_with_their_delimiter_are_read():
+    from tx_support import corpus
+
+    from hub.transform.parse.hprim import parse_hprim_net
+
+    data = corpus("hn_delta.txt").replace(b"|0.74|1.06\r\n", b"|0.74|1.06|\r\n").replace(b"|>60||N|F\r\n",
+                                                                                           b"|>60||N|F|||||\r\n")
+    [report] = parse_hprim_net(data)
+    [glucose] = [r for r in report.results if r.local_code == "GLY"]
+    assert (glucose.value2, glucose.unit2, glucose.range2_low, glucose.range2_high) == ("0.97", "g/l", "0.74", "1.06")
+    with pytest.raises(ParseError) as err:          # a 14th field with a value is still refused
+        parse_hprim_net(corpus("hn_delta.txt").replace(b"|0.74|1.06\r\n", b"|0.74|1.06|X\r\n"))
+    assert "RES line has 14 fields" in str(err.value)
