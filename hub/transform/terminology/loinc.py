@@ -22,6 +22,12 @@ from hub.transform.terminology.units import to_ucum
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 _UCUM_SAFE = re.compile(r"^[!-~]+$")   # printable ASCII, no space
 
+def _in_capitals(unit: str) -> bool:
+    """A unit written in capitals that only its lower-case spelling makes known (`MMOL/L`, `MG/L`): the sender
+    writes its units in capitals, so its `G/L` may be grams as well as giga per litre."""
+    return unit == unit.upper() and unit != unit.lower() and to_ucum(unit) is None and bool(to_ucum(unit.lower()))
+
+
 @dataclass(frozen=True)
 class LoincEntry:
     loinc: str
@@ -79,13 +85,14 @@ class LoincMap:
         column is used only for a spelling the unit table does not know, or when the laboratory gave no unit."""
         out, warnings = [], []
         batteries = tuple(self._battery(b) for b in report.batteries)
+        capitals = any(_in_capitals(r.unit) for r in report.results)
         for res in report.results:
             entry = self.get(res.local_code) if res.local_code else None
             if entry is not None and not res.loinc:
                 res = replace(res, loinc=entry.loinc, loinc_label=entry.label)
             elif not res.loinc:
                 warnings.append(f"unmapped local code {res.local_code!r} kept with the laboratory's code system")
-            res = self._unit(res, entry, warnings)
+            res = self._unit(res, entry, warnings, capitals)
             out.append(res)
         return replace(report, results=tuple(out), batteries=batteries), warnings
 
@@ -94,10 +101,19 @@ class LoincMap:
         return replace(battery, loinc=entry.loinc, loinc_label=entry.label) if entry else battery
 
     @staticmethod
-    def _unit(res: Result, entry: LoincEntry | None, warnings: list[str]) -> Result:
+    def _unit(res: Result, entry: LoincEntry | None, warnings: list[str], capitals: bool = False) -> Result:
         mapped = entry.ucum if entry is not None else ""
         ucum = to_ucum(res.unit)
-        if ucum is None:
+        other = to_ucum(res.unit.lower()) if capitals and ucum and res.unit == res.unit.upper() else None
+        if other and other != ucum:      # `G/L` where MG/L, MMOL/L are written so: giga or grams per litre?
+            if mapped in (ucum, other):
+                ucum = mapped
+            else:
+                warnings.append(f"unit {res.unit!r} of {res.local_code or res.loinc!r} is ambiguous in a file that "
+                                f"writes its units in capitals ({ucum} or {other}): result sent as text with the "
+                                "unit as written")
+                ucum = ""
+        elif ucum is None:
             ucum = mapped or None
         elif not ucum and not res.unit:
             ucum = mapped

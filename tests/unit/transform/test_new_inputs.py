@@ -174,3 +174,31 @@ def test_hprim_net_res_lines_ending_with_their_delimiter_are_read():
     with pytest.raises(ParseError) as err:          # a 14th field with a value is still refused
         parse_hprim_net(corpus("hn_delta.txt").replace(b"|0.74|1.06\r\n", b"|0.74|1.06|X\r\n"))
     assert "RES line has 14 fields" in str(err.value)
+
+
+def test_g_per_litre_in_a_file_written_in_capitals_is_never_read_as_giga_per_litre():
+    from hub.transform.terminology.loinc import LoincMap
+
+    def hprim(units):
+        return "\r".join([
+            "H|~^\\&|Z.HPR||LBZ~LABO||ORU|||||P|H2.2~C|202504011015",
+            "P|1|PZ1|Z1||ESSAI~PAUL||19850512|M",
+            "OBR|1||~Z11|BIO~Bilan~L|R||202504010700",
+            f"OBX|1|NM|GLY~GLYCEMIE~L||1,05|{units[0]}|0,70 - 1,10|N|||F",
+            f"OBX|2|NM|NA~SODIUM~L||141|{units[1]}|136 - 145|N|||F",
+            f"OBX|3|NM|GB~LEUCOCYTES~L||6,8|{units[2]}|4,0 - 10,0|N|||F", "L|1||1|6", ""]).encode()
+
+    plain = LoincMap()
+    [caps] = parse_hprim_sante(hprim(("G/L", "MMOL/L", "G/L")))
+    report, warnings = plain.apply(caps)
+    assert [(r.ucum, r.unit) for r in report.results] == [("", "G/L"), ("", "MMOL/L"), ("", "G/L")]
+    assert "unit 'G/L' of 'GLY' is ambiguous in a file that writes its units in capitals (10*9/L or g/L): " \
+           "result sent as text with the unit as written" in warnings
+    mapped = LoincMap.from_csv_text("GLY,2345-7,Glucose,g/L\nGB,6690-2,Leucocytes,10*9/L\n")
+    report, _ = mapped.apply(caps)                  # the LOINC map's unit says which one is meant
+    assert [r.ucum for r in report.results if r.local_code != "NA"] == ["g/L", "10*9/L"]
+    [mixed] = parse_hprim_sante(hprim(("g/l", "mmol/l", "G/l")))
+    report, _ = plain.apply(mixed)
+    assert [r.ucum for r in report.results] == ["g/L", "mmol/L", "10*9/L"]
+    [upper_giga] = parse_hprim_sante(hprim(("g/l", "mmol/l", "G/L")))    # G/L beside lower-case units: giga
+    assert plain.apply(upper_giga)[0].results[2].ucum == "10*9/L"
