@@ -10,11 +10,12 @@ docs/transform.md.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from datetime import datetime, timezone
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pybase64
 
 from hub.errors import ParseError, TransformError
 from hub.transform.build import mss
@@ -166,7 +167,7 @@ def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: b
         checked, validation, root = finish(head + _PDF_STAND_IN + tail, ctx.validator)
     except TransformError as exc:
         raise steps.fail(name, V, raw, exc) from None
-    data = b"".join((head, base64.b64encode(pdf), tail))
+    data = b"".join((head, pybase64.b64encode(pdf), tail))
     steps.add(name, V, raw, data, validation, warnings)
     info = read_cda(root)
     _conform(ctx, steps, data, info, produced=True, check=checked)
@@ -297,7 +298,7 @@ def pdf_to_cda_n1_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) -
         _complete_pdf(b64.suffix(1024), "PDF attachment")
     else:
         pdf = part.payload() if part is not None else pdf_bytes
-        pdf_lines, text = None, [base64.b64encode(pdf)]
+        pdf_lines, text = None, [pybase64.b64encode(pdf)]
         if part is not None:
             _complete_pdf(pdf[-1024:], "PDF attachment")
     try:

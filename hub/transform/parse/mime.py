@@ -11,7 +11,7 @@ nesting, malformed structure is a ParseError.
 
 Writing: `build_message` keeps the original routing headers, never the internal `X-Hub-*` ones (they carry patient
 data); ASCII header values are written as they are, others as RFC 2047 base64 encoded-words. Bodies are base64 in
-76-column CRLF lines (`_line_pieces`, 64 lines per C call, no big intermediate buffer), or lines the caller already
+76-column CRLF lines (`_line_pieces`, 64 lines per call of pybase64's SIMD encoder, no big intermediate buffer), or lines the caller already
 has (`Attachment.encoded`). The message is joined once. Reads no settings.
 """
 
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage, Message
 from typing import NamedTuple
+
+import pybase64
 
 from hub.errors import ParseError
 
@@ -304,10 +306,11 @@ def header_text(headers: EmailMessage, names: Collection[str]) -> dict[str, str]
 # ---------------------------------------------------------------- writing
 
 def _line_pieces(data: bytes) -> list[bytes]:
-    """base64 in CRLF-terminated 76-character lines, as pieces to join, 64 lines at a time: no big intermediate buffer, no object per line."""
+    """base64 in CRLF-terminated 76-character lines, as pieces to join, 64 lines at a time: no big intermediate buffer, no object per line.
+    pybase64 (SIMD) encodes 2.5-4x faster than binascii: the XDM of a 200 KB letter is ~280 KB to encode."""
     view, out = memoryview(data), []
     for start in range(0, len(data), _DATA_BLOCK):
-        text = binascii.b2a_base64(view[start:start + _DATA_BLOCK], newline=False)
+        text = pybase64.b64encode(view[start:start + _DATA_BLOCK])
         lines = _TEXT_BLOCK.unpack(text) if len(text) == _TEXT_BLOCK.size else [
             text[i:i + LINE] for i in range(0, len(text), LINE)]
         out += (b"\r\n".join(lines), b"\r\n")
