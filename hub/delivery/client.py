@@ -33,10 +33,21 @@ class ReplyError(Exception):
 _NETWORK_ERRORS = (ReplyError, OSError, ssl.SSLError, asyncio.TimeoutError, asyncio.IncompleteReadError, EOFError)
 
 
+class WireBody(bytes):
+    """A message already in the form DATA carries it, but for the final `.` CRLF: CRLF line ends throughout (no bare
+    CR or LF), ending with CRLF (or empty), no line starting with a dot. Intake makes one of the message it has just
+    read when that message was so (most are), and a delivery from memory then sends it without scanning it again
+    (`wire_data`: one copy instead of four passes over the bytes)."""
+
+    __slots__ = ()
+
+
 def wire_data(body: bytes) -> bytes:
     """The DATA payload of `body` (RFC 5321 4.5.2): CRLF line endings, a dot doubled at the start of a line, the
     final `.` CRLF. Bytes operations only: the bodies the hub stores are already CRLF throughout (intake normalises
     them), so the common case is one `replace`; any other body has its line endings normalised first."""
+    if type(body) is WireBody:
+        return body + b".\r\n"
     crlf = body.count(b"\r\n")
     if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
         body = _LINE_ENDS.sub(b"\r\n", body)

@@ -22,6 +22,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from hub import observability as obs
 from hub.audit.store import Event
+from hub.delivery.client import WireBody
 from hub.delivery.notify import new_message_id
 from hub.db import UNAVAILABLE
 from hub.errors import HubError, TemporaryError
@@ -229,6 +230,8 @@ class IntakeHandler:
         message_id = new_message_id()
         try:
             body = self._received_header(server, session, envelope, message_id) + envelope.content
+            if getattr(envelope, "hub_canonical", False):      # the Received lines are CRLF-ended, never a dot
+                body = WireBody(body)
             routed: RoutedMessage = self.router.at_data(account, envelope.mail_from, envelope.hub_recipients,
                                                         body, envelope.hub_ruleset)
             if routed.reply is not None:

@@ -60,6 +60,23 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def data_content(raw: bytes) -> tuple[bytes, bool]:
+    """The message from the bytes read after DATA, without the final `.` CRLF: bare LF made CRLF, the dot-stuffing
+    undone (RFC 5321 4.5.2); and whether it is also its own wire form (CRLF throughout and at the end, no bare CR,
+    no line starting with a dot: hub.delivery.client.WireBody), as most messages are. The counts are the cheap
+    tests (one pass each at C speed); the regex and the un-stuffing run only when needed."""
+    crlf = raw.count(b"\r\n")
+    canonical = raw.count(b"\r") == crlf
+    if raw.count(b"\n") != crlf:
+        raw = _BARE_LF.sub(b"\r\n", raw)
+        canonical = False
+    if raw.startswith(b"."):
+        raw = raw[1:]
+    if raw.startswith(b".") or raw.find(b"\r\n.") >= 0:
+        return raw.replace(b"\r\n.", b"\r\n"), False
+    return raw, canonical and raw.endswith(b"\r\n")
+
+
 def address_problem(address: str, *, sender: bool) -> str | None:
     """The refusal for an envelope address (MAIL FROM when `sender`, else RCPT TO), or None when it is usable."""
     enhanced = "5.1.7" if sender else "5.1.3"
@@ -390,12 +407,8 @@ class HubSMTP(SMTP):
         raw = b"".join(parts)
         parts.clear()
         # strip the terminator: the final ".\r\n" (the CRLF before it belongs to the last line)
-        raw = raw[:-3]
-        if raw.count(b"\n") != raw.count(b"\r\n"):          # cheap test; the regex only when needed
-            raw = _BARE_LF.sub(b"\r\n", raw)
-        if raw.startswith(b"."):
-            raw = raw[1:]
-        content = raw.replace(b"\r\n.", b"\r\n")
+        content, canonical = data_content(raw[:-3])
+        self.envelope.hub_canonical = canonical
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
