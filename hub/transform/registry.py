@@ -90,7 +90,7 @@ def unchecked_chains(registry: Registry, rules) -> list[str]:
 
 
 UNCHECKED = ("transform.schematron_dir is empty: the CDAs of chains {chains} go out without the ANS conformance "
-             "check (deploy/README.md, \"ANS rules\")")
+             "check (deploy/README.md, \"ANS conformance rules\")")
 
 
 _COMPILED: dict[str, IsolatedSchematrons] = {}

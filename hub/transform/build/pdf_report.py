@@ -55,7 +55,7 @@ class _Page:
 
     def _begin(self) -> None:
         self.text = self.c.beginText()
-        self.text.setFont("Helvetica", 9)
+        self.font: tuple[str, float] | None = None
 
     def line(self, *cells: str, bold: bool = False, size: float = 9) -> None:
         if self.y < _BOTTOM:
@@ -64,11 +64,14 @@ class _Page:
             self.number += 1
             self.y = _TOP
             self._begin()
-        self.text.setFont("Helvetica-Bold" if bold else "Helvetica", size)
+        font = ("Helvetica-Bold" if bold else "Helvetica", size)
+        if font != self.font:               # a font operator only where the font changes
+            self.text.setFont(*font)
+            self.font = font
         for x, cell in zip(_COLUMNS, cells):
-            if cell:
+            if cell:                        # each cell placed by its origin: textLine, which measures no width
                 self.text.setTextOrigin(x, self.y)
-                self.text.textOut(_latin(cell)[:96 if x == _LEFT and len(cells) == 1 else 44])
+                self.text.textLine(_latin(cell)[:96 if x == _LEFT and len(cells) == 1 else 44])
         self.y -= _LINE if size <= 9 else _LINE + 4
 
     def gap(self, n: float = 0.5) -> None:
