@@ -327,3 +327,5 @@ async def test_a_slow_upload_is_not_cut_by_the_session_timeout(start_hub, peer, 
     code, text = await c.reply()
     assert code == 250, text
     await c.close()
+    await wait_for(lambda: len(peer.messages) == 1)        # delivered whole (and no delivery left in flight)
+    assert b"line 4 of a letter sent slowly" in peer.messages[0].content
