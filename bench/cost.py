@@ -9,8 +9,8 @@ DIR`): its `hub serve` runs with PYTHONPATH=DIR. Both hubs are set up as in benc
 with fsync on, the shipped routing rules, the same sink and load generator), started at once and warmed up; then
 per cell the two are measured one after the other, --pairs times, alternating which goes first (drift on a
 shared machine then favours neither). Printed per cell and hub: the median over the pairs of msgs/s end to end,
-CPU ms per message (hub + PostgreSQL, and each, read from /proc as bench/relay.py does), accept latency p50 /
-p99; the load average before and after. CPU per message moves less than the rates when other work shares the
+CPU ms per message (hub + PostgreSQL, and each, read from /proc as bench/relay.py does), PostgreSQL commits
+per message, accept latency p50 / p99; the load average before and after. CPU per message moves less than the rates when other work shares the
 machine.
 """
 
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                         med = statistics.median
                         print(f"  {name:4s} {med(r.rate for r in rs):5.0f} msgs/s, CPU ms/msg hub+PG"
                               f" {med(r.cpu_ms for r in rs):.2f} (hub {med(split(r)[0] for r in rs):.2f}, PostgreSQL"
-                              f" {med(split(r)[1] for r in rs):.2f}), accept p50 {med(r.p50 for r in rs) * 1000:.1f}"
+                              f" {med(split(r)[1] for r in rs):.2f}), commits/msg {med(r.commits or 0 for r in rs):.2f},"
+                              f" accept p50 {med(r.p50 for r in rs) * 1000:.1f}"
                               f" p99 {med(r.p99 for r in rs) * 1000:.1f} ms", flush=True)
         print(f"load average {relay.loadavg()} at the end")
         return 0
