@@ -123,7 +123,8 @@ def read_cda(root: etree._Element) -> CdaInfo:
     patient = Patient(local_id=local, ins=ins, ins_oid=ins_oid, family=family, given=given,
                       used_family=used or family, birth_date=_a(pat.find("h:birthTime", _N) if pat is not None
                                                                  else None, "value")[:8],
-                      sex=_a(pat.find("h:administrativeGenderCode", _N) if pat is not None else None, "code"))
+                      sex=_a(pat.find("h:administrativeGenderCode", _N) if pat is not None else None, "code")
+                      .replace("UN", "U"))           # CDA's UN (unknown) is HL7 v2's U (XDM PID-8)
     assigned = root.find("h:author/h:assignedAuthor", _N)
     specialty = assigned.find("h:code", _N) if assigned is not None else None
     svc = root.find("h:documentationOf/h:serviceEvent", _N)

@@ -202,3 +202,22 @@ def test_g_per_litre_in_a_file_written_in_capitals_is_never_read_as_giga_per_lit
     assert [r.ucum for r in report.results] == ["g/L", "mmol/L", "10*9/L"]
     [upper_giga] = parse_hprim_sante(hprim(("g/l", "mmol/l", "G/L")))    # G/L beside lower-case units: giga
     assert plain.apply(upper_giga)[0].results[2].ucum == "10*9/L"
+
+
+def test_a_patient_of_unknown_sex_is_administrative_gender_un_and_the_report_conformant(conformant):
+    import io
+    import zipfile
+    from email import message_from_bytes, policy
+
+    from tx_support import corpus
+
+    data = corpus("hs_alpha_hemato.hpr").replace(b"|19850512|M|", b"|19850512|U|")
+    out = conformant.apply("hprim_to_cda_xdm", mail((data, "text/plain", "a.hpr")), {"now": NOW},
+                           account="labo-alpha")
+    [doc] = cdas(out.message)
+    assert etree.fromstring(doc).find(".//h:administrativeGenderCode", V3).get("code") == "UN"
+    assert next(s for s in out.steps if s.name == "cda_schematron").validation == "conformant (5 schematrons)"
+    xdm = next(p for p in message_from_bytes(out.message, policy=policy.default).iter_attachments()
+               if p.get_filename() == "IHE_XDM.zip")
+    metadata = zipfile.ZipFile(io.BytesIO(xdm.get_content())).read("IHE_XDM/SUBSET01/METADATA.XML")
+    assert b"PID-8|U<" in metadata                 # HL7 v2 table 0001 in the XDM's sourcePatientInfo
