@@ -221,3 +221,22 @@ def test_a_patient_of_unknown_sex_is_administrative_gender_un_and_the_report_con
                if p.get_filename() == "IHE_XDM.zip")
     metadata = zipfile.ZipFile(io.BytesIO(xdm.get_content())).read("IHE_XDM/SUBSET01/METADATA.XML")
     assert b"PID-8|U<" in metadata                 # HL7 v2 table 0001 in the XDM's sourcePatientInfo
+
+
+@pytest.mark.parametrize("names, family, used", [
+    ("LEROY-ESSAI^SOSO^^^^^D~MARTIN-ESSAI^SOPHIE^SOPHIE^^^^L", "MARTIN-ESSAI", "LEROY-ESSAI"),
+    ("LEROY-ESSAI^SOSO^^^^^D~MARTIN-ESSAI^SOPHIE^SOPHIE^^^^M", "MARTIN-ESSAI", "LEROY-ESSAI"),   # maiden name
+    ("MARTIN-ESSAI^SOPHIE", "MARTIN-ESSAI", ""),                                                 # untyped
+    ("LEROY-ESSAI^SOSO^^^^^D", None, None)])
+def test_a_used_name_is_never_sent_as_the_birth_name(names, family, used):
+    oru = ("MSH|^~\\&|SIL|LAB|HUB|REG|20250401101500||ORU^R01|1|P|2.5\r"
+           f"PID|1||280037512345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS||{names}||19800315|F\r"
+           "OBR|1|C1|L1|IONO^Iono^L|||20250401070000\r"
+           "OBX|1|NM|K^Potassium^L||4.1|mmol/L|3.5-5.0|N|||F\r").encode()
+    if family is None:
+        with pytest.raises(ParseError) as err:
+            read_lab_oru(parse_er7(oru))
+        assert err.value.where == "PID[1].5" and "no birth name" in str(err.value)
+        return
+    patient = read_lab_oru(parse_er7(oru)).patient
+    assert (patient.family, patient.used_family) == (family, used)
