@@ -240,3 +240,20 @@ def test_a_used_name_is_never_sent_as_the_birth_name(names, family, used):
         return
     patient = read_lab_oru(parse_er7(oru)).patient
     assert (patient.family, patient.used_family) == (family, used)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "cp1252"])
+def test_x_hub_headers_in_raw_8bit_are_read_never_replaced_by_question_marks(registry, encoding):
+    from tx_support import make_pdf
+
+    message = mail((make_pdf(), "application/pdf", "l.pdf"), headers=(
+        "X-Hub-Patient-INS: 279035121518989\r\nX-Hub-Patient-INS-OID: 1.2.250.1.213.1.4.10\r\n"
+        "X-Hub-Patient-Birth-Date: 19790328\r\nX-Hub-Patient-Sex: F\r\nX-Hub-Org-Name: CH Exemple\r\n"
+        "X-Hub-Patient-Family: @FAMILY@\r\nX-Hub-Patient-Given: @GIVEN@\r\n"))
+    message = message.replace(b"@FAMILY@", "MÜLLER-ESSAI".encode(encoding)).replace(
+        b"@GIVEN@", ("Hélène Zoë" if encoding != "cp1252" else "Hélène Œdipe").encode(encoding))
+    out = registry.apply("pdf_to_cda_n1_xdm", message, {"now": NOW})
+    [doc] = cdas(out.message)
+    name = etree.fromstring(doc).find(".//h:patient/h:name", V3)
+    assert name.findtext("h:family", namespaces=V3) == "MÜLLER-ESSAI"
+    assert name.findtext("h:given", namespaces=V3) == ("Hélène Zoë" if encoding != "cp1252" else "Hélène Œdipe")
