@@ -257,3 +257,26 @@ def test_x_hub_headers_in_raw_8bit_are_read_never_replaced_by_question_marks(reg
     name = etree.fromstring(doc).find(".//h:patient/h:name", V3)
     assert name.findtext("h:family", namespaces=V3) == "MÜLLER-ESSAI"
     assert name.findtext("h:given", namespaces=V3) == ("Hélène Zoë" if encoding != "cp1252" else "Hélène Œdipe")
+
+
+@pytest.mark.parametrize("text, names", [
+    ('[lab]\norg_finess = "12"\n', "[lab] metadata.org_finess: FINESS must be 9 characters"),
+    ('[lab]\npatient_ins_oid = "1.2.3"\n', "[lab] metadata.patient_ins_oid: unknown INS OID"),
+    ('[lab.metadata_map]\n"patient.birthname" = "a.b"\n', "'patient.birthname' is not a path of the metadata model"),
+    ('[lab.metadata_map]\n"patient.birth_name" = "a..b"\n', "patient.birth_name: 'a..b' is not a JSON path"),
+    ('[lab]\nchapter = "1234-5"\n', "[lab] chapter '1234-5' is not a CR-BIO chapter"),
+    ('[lab]\ntz = "Europe/Pariss"\n', "[lab] tz 'Europe/Pariss' is not a time zone"),
+    ('[lab]\ndoc_code = "lettre"\n', "[lab] doc_code 'lettre' is not a LOINC code"),
+])
+def test_a_sender_profile_value_is_checked_at_start_up_not_at_the_senders_first_message(tmp_path, text, names):
+    """Each of these was accepted at start-up: then every message of that sender failed (or, for the mapping,
+    the field was silently never read)."""
+    from hub.errors import ConfigError
+    from hub.settings import TransformSection
+    from hub.transform import build_registry
+
+    path = tmp_path / "senders.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        build_registry(TransformSection(senders=str(path)), "NIL")
+    assert str(err.value).startswith(f"{path}: [lab") and names in str(err.value)
