@@ -280,3 +280,17 @@ def test_a_sender_profile_value_is_checked_at_start_up_not_at_the_senders_first_
     with pytest.raises(ConfigError) as err:
         build_registry(TransformSection(senders=str(path)), "NIL")
     assert str(err.value).startswith(f"{path}: [lab") and names in str(err.value)
+
+
+def test_a_lab_report_with_no_date_is_refused_never_dated_by_the_conversion(registry):
+    from tx_support import corpus
+
+    hprim = ("H|~^\\&|Z.HPR||LBZ~LABO||ORU|||||P|H2.2~C|\r"      # no H-14, no OBR-22
+             "P|1|PZ1|Z1|185057511212345|ESSAI~PAUL||19850512|M\r"
+             "OBR|1||~Z11|BIO~Bilan~L|R\rOBX|1|NM|NA~SODIUM~L||141|mmol/l|136 - 145|N|||F\rL|1||1|5\r").encode()
+    net = corpus("hn_delta.txt").replace(b"\r\n13/03/2025\r\n", b"\r\n\r\n")
+    for data, chain, where in ((hprim, "hprim_to_cda_xdm", "H-14 and OBR-22"),
+                               (net, "hprim_to_cda_xdm", "line 10 (date of the report)")):
+        with pytest.raises(ParseError) as err:
+            registry.apply(chain, mail((data, "text/plain", "r.txt")), {"now": NOW})
+        assert err.value.where == where and "the report has no date" in str(err.value)
