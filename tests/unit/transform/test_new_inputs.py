@@ -294,3 +294,28 @@ def test_a_lab_report_with_no_date_is_refused_never_dated_by_the_conversion(regi
         with pytest.raises(ParseError) as err:
             registry.apply(chain, mail((data, "text/plain", "r.txt")), {"now": NOW})
         assert err.value.where == where and "the report has no date" in str(err.value)
+
+
+@pytest.mark.parametrize("written", ["1/40", "< 1/80", "5 - 3", "10-3"])
+def test_a_dilution_or_an_inverted_range_is_never_sent_as_an_interval(written):
+    from tx_support import corpus
+
+    from hub.transform.parse.hprim import parse_hprim_net
+    from hub.transform.terminology.dates import parse_range
+
+    assert parse_range(written) == ("", "", False, False)
+    [report] = parse_hprim_sante(CP1252_HPRIM.replace(b"|3,5-5,0|", f"|{written}|".encode()))
+    r = report.results[0]
+    assert (r.range_low, r.range_high, r.range_text) == ("", "", written)
+    [net] = parse_hprim_net(corpus("hn_delta.txt").replace(b"|5.40|mmol/l|4.10|5.90|", b"|5.40|mmol/l|5.90|4.10|"))
+    glucose = next(x for x in net.results if x.local_code == "GLY")
+    assert (glucose.range_low, glucose.range_high, glucose.range_text) == ("", "", "5.90 - 4.10")
+
+
+def test_ranges_as_french_labs_write_them_are_still_intervals():
+    from hub.transform.terminology.dates import parse_range
+
+    assert parse_range("3,5 - 5,0") == ("3.5", "5.0", False, False)
+    assert parse_range("-0.5 - -0.1") == ("-0.5", "-0.1", False, False)
+    assert parse_range("(45 à 90)") == ("45", "90", False, False)
+    assert parse_range("0 - 0") == ("0", "0", False, False)
