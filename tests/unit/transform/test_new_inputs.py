@@ -319,3 +319,23 @@ def test_ranges_as_french_labs_write_them_are_still_intervals():
     assert parse_range("-0.5 - -0.1") == ("-0.5", "-0.1", False, False)
     assert parse_range("(45 à 90)") == ("45", "90", False, False)
     assert parse_range("0 - 0") == ("0", "0", False, False)
+
+
+@pytest.mark.parametrize("edit, where, message", [
+    (lambda m, b64: m.replace(b"|||||AU|N", b"|||||IP|N"), "TXA[1].17", "completion status 'IP' (in progress)"),
+    (lambda m, b64: m.replace(b"|||||AU|N", b"|||||IN|N"), "TXA[1].17", "completion status 'IN' (incomplete)"),
+    (lambda m, b64: m.replace(b"||||||F", b"||||||P"), "OBX[1].11", "result status 'P': the document is not final"),
+    (lambda m, b64: m + b"OBX|2|ED|11490-0^Annexe^LN||^application^pdf^Base64^" + b64 + b"||||||F\r", "OBX[2].5",
+     "MDM^T02 with 2 PDF documents")])
+def test_an_mdm_draft_or_one_carrying_two_pdfs_is_refused_not_sent_as_a_final_letter(edit, where, message):
+    import base64
+
+    from tx_support import make_pdf, mdm_t02
+
+    from hub.transform.parse.mdm import read_mdm
+
+    pdf = make_pdf()
+    assert read_mdm(parse_er7(mdm_t02(pdf)))[0] == pdf
+    with pytest.raises(ParseError) as err:
+        read_mdm(parse_er7(edit(mdm_t02(pdf), base64.b64encode(pdf))))
+    assert err.value.where == where and message in str(err.value)
