@@ -93,7 +93,8 @@ def _dir(args, ctx) -> str:
 
 def _print_errors(directory: str, exc: RulesInvalid) -> None:
     for e in exc.errors:
-        path = e.file if e.file == directory or e.file.startswith("(") else os.path.join(directory, e.file)
+        path = directory if e.file in ("(rules)", directory) else e.file if e.file.startswith("(") \
+            else os.path.join(directory, e.file)
         print(f"{path}:{e.line}:{e.column}: {e.message}", file=sys.stderr)
     print(f"{len(exc.errors)} error(s): the rule set was not activated", file=sys.stderr)
 

@@ -138,12 +138,19 @@ def _package(ctx: Context, steps: Steps, top, docs: list[tuple[CdaInfo, bytes]],
                             recipients=list(recipients or []), ack=ack)
 
 
+_DATED_BY = {"hprim_sante": "H-14 and OBR-22", "hprim_net": "line 10 (date of the report)",
+             "hl7_oru": "MSH-7 and OBR-22"}
+
+
 def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: bytes, params, seed: bytes,
                 now: datetime, pdf: bytes | None, warnings: list[str]) -> tuple[bytes, CdaInfo]:
     tz = _tz(params)
     chapter = str(params.get("chapter", "18719-5"))
     if chapter not in CHAPTERS:
         raise ParseError(f"unknown chapter {chapter!r} (one of {', '.join(sorted(CHAPTERS))})", where="params.chapter")
+    if not report.report_date:      # else the conversion time would pass for the validation and analysis times
+        raise ParseError("the report has no date: it cannot be dated (validation, analyses) from the file",
+                         where=_DATED_BY.get(report.source, "report date"))
     if not report.sender.rpps:
         warnings.append("no RPPS for the validating biologist: author id sent as nullFlavor UNK")
     if not report.sender.family:

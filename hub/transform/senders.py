@@ -20,6 +20,7 @@ a rule's `params.metadata` override it. A malformed file is a ConfigError naming
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -84,5 +85,42 @@ def _profile(path: str, name: str, table: dict, known_keys: frozenset[str]) -> S
     for key, value in table.items():
         if not isinstance(value, (str, int, list)):
             raise ConfigError(f"{path}: [{name}] {key} must be a string (or a list of address lines)")
+    if known_keys:
+        _check_values(path, name, table, mapping, params)
     return SenderProfile(name=name, metadata=MappingProxyType(table), ins_oid=ins_oid,
                          metadata_map=MappingProxyType(dict(mapping)), params=MappingProxyType(params))
+
+
+_SENDER_PATH = re.compile(r"[^.\[\]=]+(?:\.[^.\[\]=]+|\[\d+\]|\[[^=\]]+=[^\]]*\])*")
+
+
+def _check_values(path: str, name: str, table: dict, mapping: dict, params: dict) -> None:
+    """At start-up, not at the sender's first message: each constant as a document's metadata would be checked, each
+    mapping a model path to a JSON path, each chain param as a rule's."""
+    from zoneinfo import ZoneInfo
+
+    from hub.errors import ParseError
+    from hub.transform.build.cda_bio import CHAPTERS
+    from hub.transform.parse import metadata as md
+
+    try:
+        md.merge(table)
+    except ParseError as exc:
+        raise ConfigError(f"{path}: [{name}] {exc}") from None
+    for model, source in mapping.items():
+        if model not in md.MODEL:
+            raise ConfigError(f"{path}: [{name}.metadata_map] {model!r} is not a path of the metadata model "
+                              "(docs/transform.md §3)")
+        if not _SENDER_PATH.fullmatch(source):
+            raise ConfigError(f"{path}: [{name}.metadata_map] {model}: {source!r} is not a JSON path "
+                              "(a.b, a[0].b, list[key=value].b)")
+    if "chapter" in params and str(params["chapter"]) not in CHAPTERS:
+        raise ConfigError(f"{path}: [{name}] chapter {params['chapter']!r} is not a CR-BIO chapter "
+                          f"(one of {', '.join(sorted(CHAPTERS))})")
+    if "doc_code" in params and not re.fullmatch(r"\d{1,7}-\d", str(params["doc_code"])):
+        raise ConfigError(f"{path}: [{name}] doc_code {params['doc_code']!r} is not a LOINC code")
+    if "tz" in params:
+        try:
+            ZoneInfo(str(params["tz"]))
+        except (ValueError, KeyError, OSError):
+            raise ConfigError(f"{path}: [{name}] tz {params['tz']!r} is not a time zone (e.g. Europe/Paris)") from None

@@ -18,11 +18,12 @@ from aiohttp import web
 
 from hub.errors import InputError
 from hub.queue import ops
-from hub.web.audit_api import SECURITY_HEADERS, json_error, require_token
+from hub.web.audit_api import SECURITY_HEADERS, json_error, parameter_problem, require_token
 
 
 async def directory_lookup(request: web.Request) -> web.StreamResponse:
     await require_token(request, "operator")
+    _params(request, "q", "limit")
     from hub.directory import http
 
     return await http.lookup(request)
@@ -42,6 +43,13 @@ def _fail(exc: InputError) -> web.HTTPException:
     return json_error(cls, str(exc))
 
 
+def _params(request: web.Request, *known: str) -> None:
+    """A misspelt or repeated parameter is a 400 naming it: `?acount=` would list, `flush?domian=` flush, everything."""
+    problem = parameter_problem(request.query, frozenset(known))
+    if problem:
+        raise json_error(web.HTTPBadRequest, problem)
+
+
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", "100")
     if not text.isdigit() or not 0 < int(text) <= 10000:
@@ -49,7 +57,7 @@ def _limit(request: web.Request) -> int:
     return int(text)
 
 
-async def _body(request: web.Request) -> dict:
+async def _body(request: web.Request, *known: str) -> dict:
     if not request.can_read_body:
         return {}
     try:
@@ -58,11 +66,16 @@ async def _body(request: web.Request) -> dict:
         raise json_error(web.HTTPBadRequest, "the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise json_error(web.HTTPBadRequest, "the body must be a JSON object")
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise json_error(web.HTTPBadRequest, f"unknown key {unknown[0]!r} in the body (known: "
+                                             f"{', '.join(known) or 'none'})")
     return data
 
 
 async def queue_list(request: web.Request) -> web.Response:
     await require_token(request, "operator")
+    _params(request, "state", "domain", "account", "limit")
     q = request.query
     try:
         async with request.app["pool"].acquire() as conn:
@@ -78,6 +91,7 @@ async def queue_list(request: web.Request) -> web.Response:
 
 async def queue_shape(request: web.Request) -> web.Response:
     await require_token(request, "operator")
+    _params(request, "state")
     try:
         async with request.app["pool"].acquire() as conn:
             return _json(await ops.summary(conn, state=request.query.get("state", "waiting")))
@@ -87,6 +101,7 @@ async def queue_shape(request: web.Request) -> web.Response:
 
 async def queue_show(request: web.Request) -> web.Response:
     await require_token(request, "operator")
+    _params(request)
     try:
         async with request.app["pool"].acquire() as conn:
             return _json(await ops.show(conn, request.match_info["id"], request.app["settings"]))
@@ -96,6 +111,7 @@ async def queue_show(request: web.Request) -> web.Response:
 
 async def queue_content(request: web.Request) -> web.Response:
     token = await require_token(request, "operator")
+    _params(request)
     try:
         async with request.app["pool"].acquire() as conn:
             body = await ops.view(conn, request.match_info["id"], f"token:{token.name}")
@@ -108,7 +124,8 @@ async def queue_action(request: web.Request) -> web.Response:
     token = await require_token(request, "operator")
     actor = f"token:{token.name}"
     action = request.match_info["action"]
-    data = await _body(request)
+    _params(request)
+    data = await _body(request, "reason")
     mid = request.match_info.get("id")
     reason = data.get("reason", "")
     if not isinstance(reason, str):
@@ -132,7 +149,8 @@ async def queue_action(request: web.Request) -> web.Response:
 
 async def queue_flush(request: web.Request) -> web.Response:
     token = await require_token(request, "operator")
-    domain = (await _body(request)).get("domain") or request.query.get("domain")
+    _params(request, "domain")
+    domain = (await _body(request, "domain")).get("domain") or request.query.get("domain")
     if domain is not None and not isinstance(domain, str):
         raise json_error(web.HTTPBadRequest, "domain: expected a string")
     async with request.app["pool"].acquire() as conn:
@@ -142,6 +160,7 @@ async def queue_flush(request: web.Request) -> web.Response:
 
 async def rules_status(request: web.Request) -> web.Response:
     await require_token(request, "operator")
+    _params(request)
     rules = request.app["hub"].rules
     return web.json_response(rules.status())
 

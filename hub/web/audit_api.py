@@ -87,12 +87,12 @@ PARAMETERS = frozenset({"since", "until", "message_id", "message", "account", "s
                         "patient_key", "doc_type", "status", "rule_version", "limit", "cursor", "order", "format"})
 
 
-def parameter_problem(query) -> str | None:
+def parameter_problem(query, known: frozenset[str] = PARAMETERS) -> str | None:
     """An unknown or repeated parameter: a typo (`recipent=`) would otherwise widen an auditor's search to every
     message, and of two values only one would be used."""
     for key in query:
-        if key not in PARAMETERS:
-            return f"unknown parameter {key!r} (known: {', '.join(sorted(PARAMETERS))})"
+        if key not in known:
+            return f"unknown parameter {key!r} (known: {', '.join(sorted(known)) or 'none'})"
         if len(query.getall(key)) > 1:
             return f"parameter {key!r} given more than once"
     return None

@@ -56,3 +56,28 @@ async def test_odd_audit_parameters_are_json_400s(start_hub, conn):
         async with http.get(base + "/api/audit/messages?until=2026-12-31&format=csv",
                             headers={"Authorization": f"Bearer {auditor}"}) as r:
             assert r.status == 200
+
+
+async def test_a_misspelt_or_repeated_operator_parameter_is_a_400_never_an_action_on_everything(start_hub, conn):
+    """`flush?domian=` flushed every deferred recipient, `queue?acount=` listed every account's messages."""
+    hub = await start_hub({})
+    _, operator = await tokens.create(conn, "ops", "operator", actor="test")
+    base = f"http://127.0.0.1:{hub.http_port}"
+    auth = {"Authorization": f"Bearer {operator}"}
+    cases = [("get", "/api/queue?acount=labo-x", None, "unknown parameter 'acount'"),
+             ("get", "/api/queue?state=held&state=dead", None, "parameter 'state' given more than once"),
+             ("get", "/api/queue/summary?domain=x", None, "unknown parameter 'domain' (known: state)"),
+             ("get", "/api/directory/lookup?query=martin", None, "unknown parameter 'query' (known: limit, q)"),
+             ("get", "/api/rules?verbose=1", None, "unknown parameter 'verbose' (known: none)"),
+             ("post", "/api/queue/flush?domian=mssante.fr", None, "unknown parameter 'domian'"),
+             ("post", "/api/queue/flush", {"domian": "mssante.fr"}, "unknown key 'domian' in the body"),
+             ("post", "/api/queue/1a2b/hold", {"raison": "x"}, "unknown key 'raison' in the body")]
+    async with aiohttp.ClientSession() as http:
+        for method, path, body, message in cases:
+            async with http.request(method, base + path, json=body, headers=auth) as r:
+                assert r.status == 400 and r.content_type == "application/json", (path, r.status)
+                assert message in (await r.json())["error"], (path, await r.json())
+        async with http.get(base + "/api/queue?state=held&limit=5", headers=auth) as r:
+            assert r.status == 200
+        async with http.post(base + "/api/queue/flush", json={"domain": "mssante.fr"}, headers=auth) as r:
+            assert r.status == 200 and (await r.json())["recipients"] == 0

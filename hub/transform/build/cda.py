@@ -136,7 +136,7 @@ def patient_xml(p: Patient, local_root: str) -> str:
         names.append(f'<family qualifier="CL">{x(p.used_family)}</family>')
     if p.used_given:
         names.append(f'<given qualifier="CL">{x(p.used_given)}</given>')
-    sex = (f'<administrativeGenderCode code="{p.sex}" displayName="{SEX_LABELS[p.sex]}" '
+    sex = (f'<administrativeGenderCode code="{"UN" if p.sex == "U" else p.sex}" displayName="{SEX_LABELS[p.sex]}" '
            f'codeSystem="2.16.840.1.113883.5.1"/>' if p.sex in SEX_LABELS
            else '<administrativeGenderCode nullFlavor="UNK"/>')
     birth = f'<birthTime value="{x(p.birth_date)}"/>' if p.birth_date else '<birthTime nullFlavor="UNK"/>'

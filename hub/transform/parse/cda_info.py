@@ -16,6 +16,7 @@ from hub.transform.model import OID_RPPS, OID_STRUCT, Party, Patient, INS_OIDS
 
 NS = "{urn:hl7-org:v3}"
 _N = {"h": "urn:hl7-org:v3"}
+_SEX = {"UN": "U"}      # CDA's UN (unknown) is HL7 v2's U (XDM PID-8)
 FORMAT_N1 = "urn:ihe:iti:xds-sd:pdf:2008"
 FORMAT_CODES = {"1.2.250.1.213.1.1.1.55": "urn:ihe:lab:xd-lab:2008", "1.3.6.1.4.1.19376.1.3.3": "urn:ihe:lab:xd-lab:2008",
                 "1.2.250.1.213.1.1.1.29": "urn:asip:ci-sis:ldl-ses:2017"}
@@ -120,10 +121,11 @@ def read_cda(root: etree._Element) -> CdaInfo:
     given = given_all or given_first
     if given_first and not given.startswith(given_first):
         given = f"{given_first} {given}".strip()
+    sex = _a(pat.find("h:administrativeGenderCode", _N) if pat is not None else None, "code")
     patient = Patient(local_id=local, ins=ins, ins_oid=ins_oid, family=family, given=given,
                       used_family=used or family, birth_date=_a(pat.find("h:birthTime", _N) if pat is not None
                                                                  else None, "value")[:8],
-                      sex=_a(pat.find("h:administrativeGenderCode", _N) if pat is not None else None, "code"))
+                      sex=_SEX.get(sex, sex))
     assigned = root.find("h:author/h:assignedAuthor", _N)
     specialty = assigned.find("h:code", _N) if assigned is not None else None
     svc = root.find("h:documentationOf/h:serviceEvent", _N)

@@ -160,7 +160,12 @@ def read_patient(msg: Er7) -> Patient:
         elif not local and cx[0]:
             local, local_oid = cx[0], authority[1] if authority[2].upper() == "ISO" else ""
     names = [msg.comps(rep, 7) for rep in msg.reps(pid.get(5))] or [[""] * 7]
-    legal = next((n for n in names if n[6] == "L"), names[0])
+    legal = next((n for n in names if n[6] == "L"), None) or next((n for n in names if n[6] == "M"), None)
+    if legal is None:         # untyped: the birth name; a used name (D) or any other type never stands for it
+        if names[0][6].strip():
+            raise ParseError(f"PID-5 has no birth name (name type L): a name of type {names[0][6].strip()[:3]!r} "
+                             "is not the patient's birth name", where=pid.where(5))
+        legal = names[0]
     used = next((n for n in names if n[6] == "D"), None)
     first = legal[1].strip()
     given = birth_given_names(first, legal[2])

@@ -375,4 +375,6 @@ def _net_range(low: str, high: str, where: str, field: int) -> tuple[str, str, b
                              where=f"{where}, field {n}")
         lo, hi = r_lo or lo, r_hi or hi
         lo_open, hi_open = lo_open or r_lo_open, hi_open or r_hi_open
+    if lo and hi and float(lo) > float(hi):        # no interval: the range goes as the laboratory wrote it
+        return "", "", False, False, text
     return lo, hi, lo_open, hi_open, text

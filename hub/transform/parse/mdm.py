@@ -19,6 +19,7 @@ from hub.transform.terminology.dates import norm_ts
 
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
+_UNFINISHED = {"DI": "dictated", "IN": "incomplete", "IP": "in progress"}
 
 
 def is_pdf_ed(msg: Er7, value: str) -> bool:
@@ -30,19 +31,28 @@ def read_mdm(msg: Er7) -> tuple[bytes, dict[str, str]]:
     txa = msg.first("TXA")
     if txa is None:
         raise ParseError("MDM^T02 without TXA", where="TXA")
+    status = txa.get(17).strip().upper()
+    if status in _UNFINISHED:       # HL7 table 0271: a draft is never sent as the letter
+        raise ParseError(f"TXA-17 document completion status {status!r} ({_UNFINISHED[status]}): the document is not "
+                         "finished", where=txa.where(17))
+    pdfs = [seg for seg in msg.all("OBX") if seg.get(2) == "ED" and is_pdf_ed(msg, seg.get(5))]
+    if len(pdfs) > 1:
+        raise ParseError(f"MDM^T02 with {len(pdfs)} PDF documents: one document per message (the others would be "
+                         "lost)", where=pdfs[1].where(5))
     pdf = b""
     where = ""
-    for seg in msg.all("OBX"):
-        if seg.get(2) == "ED" and is_pdf_ed(msg, seg.get(5)):
-            ed = msg.comps(seg.get(5), 5)
-            if ed[3].lower() != "base64":
-                raise ParseError("the PDF must be base64 (OBX-5.4 Base64)", where=seg.where(5))
-            try:
-                pdf = binascii.a2b_base64(ed[4].encode("ascii"))
-            except (binascii.Error, ValueError, UnicodeEncodeError):
-                raise ParseError("invalid base64 in OBX-5.5", where=seg.where(5)) from None
-            where = seg.where(5)
-            break
+    for seg in pdfs:
+        if seg.get(11).strip().upper() in ("P", "I", "D", "X", "W"):
+            raise ParseError(f"OBX-11 result status {seg.get(11).strip().upper()!r}: the document is not final",
+                             where=seg.where(11))
+        ed = msg.comps(seg.get(5), 5)
+        if ed[3].lower() != "base64":
+            raise ParseError("the PDF must be base64 (OBX-5.4 Base64)", where=seg.where(5))
+        try:
+            pdf = binascii.a2b_base64(ed[4].encode("ascii"))
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise ParseError("invalid base64 in OBX-5.5", where=seg.where(5)) from None
+        where = seg.where(5)
     if not pdf:
         raise ParseError("MDM^T02 without an OBX ED carrying a PDF (OBX-5 ^application^pdf^Base64^...)",
                          where="OBX")

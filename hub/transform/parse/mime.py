@@ -30,6 +30,7 @@ from typing import NamedTuple
 import pybase64
 
 from hub.errors import ParseError
+from hub.transform.parse.text import decode_text
 
 MAX_PARTS = 200
 MAX_DEPTH = 8
@@ -289,6 +290,9 @@ def _line_start(data: bytes, needle: bytes, lo: int, hi: int) -> int:
     return found + 1 if found >= 0 else -1
 
 
+_RAW_8BIT = re.compile("[\udc80-\udcff]")     # a byte >= 0x80 in a header, as the bytes parser keeps it
+
+
 def header_text(headers: EmailMessage, names: Collection[str]) -> dict[str, str]:
     """Decoded text of the first field of each name (lower case) present, as `str(headers[name])` gives it for an
     unstructured field, whitespace runs collapsed. Plain ASCII values are taken as they are (the common case)."""
@@ -297,7 +301,9 @@ def header_text(headers: EmailMessage, names: Collection[str]) -> dict[str, str]
         low = name.lower()
         if low not in names or low in out:
             continue
-        if not value.isascii() or "=?" in value:
+        if _RAW_8BIT.search(value):       # raw 8-bit bytes: UTF-8, else what old software writes (ISO-8859-1 /
+            value = decode_text(value.encode("ascii", "surrogateescape"), f"header {name}")    # Windows-1252)
+        elif not value.isascii() or "=?" in value:
             value = str(headers.policy.header_fetch_parse(name, value))
         out[low] = " ".join(value.split())
     return out

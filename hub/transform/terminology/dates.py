@@ -16,7 +16,7 @@ from hub.errors import ParseError
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})?([+-]\d{4})?$")
 _DECIMAL = re.compile(r"^[+-]?(\d+([.,]\d*)?|[.,]\d+)$")
 _NUM = r"([+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+))"
-_RANGE = re.compile(r"^" + _NUM + r"\s*(?:-|–|—|à|a|;|/|\.\.|_)\s*" + _NUM + r"$")
+_RANGE = re.compile(r"^" + _NUM + r"\s*(?:-|–|—|à|a|;|\.\.|_)\s*" + _NUM + r"$")     # not `/`: 1/40 is a dilution
 _BOUND = re.compile(r"^(<=|>=|=<|=>|<|>|≤|≥|inf\.?(?:\s*ou\s*égal)?\s*(?:à|a)?|sup\.?(?:\s*ou\s*égal)?\s*(?:à|a)?|"
                     r"inférieur(?:e)?\s*(?:ou\s*égal(?:e)?\s*)?(?:à|a)|supérieur(?:e)?\s*(?:ou\s*égal(?:e)?\s*)?(?:à|a)|"
                     r"<\s*ou\s*=|>\s*ou\s*=)\s*" + _NUM + r"$", re.I)
@@ -128,7 +128,10 @@ def parse_range(text: str) -> tuple[str, str, bool, bool]:
     text = text.strip().strip("()[]").strip()
     m = _RANGE.match(text)
     if m:
-        return decimal(m.group(1)), decimal(m.group(2)), False, False
+        low, high = decimal(m.group(1)), decimal(m.group(2))
+        if float(low) > float(high):       # `5 - 3`, `10-3` (10^-3?): no interval says that; sent as written
+            return "", "", False, False
+        return low, high, False, False
     m = _BOUND.match(text)
     if m:
         op = m.group(1).lower().replace(" ", "")

@@ -22,6 +22,7 @@ from hub.transform.terminology.units import to_ucum
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 _UCUM_SAFE = re.compile(r"^[!-~]+$")   # printable ASCII, no space
 
+
 def _in_capitals(unit: str) -> bool:
     """A unit written in capitals that only its lower-case spelling makes known (`MMOL/L`, `MG/L`): the sender
     writes its units in capitals, so its `G/L` may be grams as well as giga per litre."""

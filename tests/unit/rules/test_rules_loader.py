@@ -172,3 +172,11 @@ def test_a_rules_directory_that_cannot_be_listed_is_an_error_naming_it(tmp_path,
     with pytest.raises(RulesInvalid) as info:
         read_dir(tmp_path)
     assert str(info.value.errors[0]) == f"{tmp_path}:1:1: cannot read the rules directory: Permission denied"
+
+
+def test_hub_rules_check_on_a_directory_without_rule_files_names_the_directory(tmp_path, capsys):
+    from hub.cli import main
+
+    (tmp_path / "README.md").write_text("no rules here")
+    assert main(["rules", "check", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"{tmp_path}:1:1: no rule files (*.yaml) found"

@@ -250,7 +250,7 @@ def test_pdf_metadata_from_json_part_and_params(registry, schema):
                          {**PARAMS, "doc_code": "18748-4", "title": "CR imagerie", "metadata": {"patient_sex": "U"}})
     msg, xdm, [cda], _ = unpack(out.message, schema)
     assert cda.find("h:code", V3).get("code") == "18748-4" and cda.findtext("h:title", namespaces=V3) == "CR imagerie"
-    assert cda.find(".//h:administrativeGenderCode", V3).get("code") == "U"
+    assert cda.find(".//h:administrativeGenderCode", V3).get("code") == "UN"     # JDV_J143_AdministrativeGender_CISIS
     assert msg["X-MSS-INS"] == "N" and out.patient_ins is None
     assert xdm.documents[0].patient_id == "IPP42^^^&1.2.250.1.999.1.3&ISO^PI"
 

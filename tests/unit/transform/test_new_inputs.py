@@ -202,3 +202,140 @@ def test_g_per_litre_in_a_file_written_in_capitals_is_never_read_as_giga_per_lit
     assert [r.ucum for r in report.results] == ["g/L", "mmol/L", "10*9/L"]
     [upper_giga] = parse_hprim_sante(hprim(("g/l", "mmol/l", "G/L")))    # G/L beside lower-case units: giga
     assert plain.apply(upper_giga)[0].results[2].ucum == "10*9/L"
+
+
+def test_a_patient_of_unknown_sex_is_administrative_gender_un_and_the_report_conformant(conformant):
+    import io
+    import zipfile
+    from email import message_from_bytes, policy
+
+    from tx_support import corpus
+
+    data = corpus("hs_alpha_hemato.hpr").replace(b"|19850512|M|", b"|19850512|U|")
+    out = conformant.apply("hprim_to_cda_xdm", mail((data, "text/plain", "a.hpr")), {"now": NOW},
+                           account="labo-alpha")
+    [doc] = cdas(out.message)
+    assert etree.fromstring(doc).find(".//h:administrativeGenderCode", V3).get("code") == "UN"
+    assert next(s for s in out.steps if s.name == "cda_schematron").validation == "conformant (5 schematrons)"
+    xdm = next(p for p in message_from_bytes(out.message, policy=policy.default).iter_attachments()
+               if p.get_filename() == "IHE_XDM.zip")
+    metadata = zipfile.ZipFile(io.BytesIO(xdm.get_content())).read("IHE_XDM/SUBSET01/METADATA.XML")
+    assert b"PID-8|U<" in metadata                 # HL7 v2 table 0001 in the XDM's sourcePatientInfo
+
+
+@pytest.mark.parametrize("names, family, used", [
+    ("LEROY-ESSAI^SOSO^^^^^D~MARTIN-ESSAI^SOPHIE^SOPHIE^^^^L", "MARTIN-ESSAI", "LEROY-ESSAI"),
+    ("LEROY-ESSAI^SOSO^^^^^D~MARTIN-ESSAI^SOPHIE^SOPHIE^^^^M", "MARTIN-ESSAI", "LEROY-ESSAI"),   # maiden name
+    ("MARTIN-ESSAI^SOPHIE", "MARTIN-ESSAI", ""),                                                 # untyped
+    ("LEROY-ESSAI^SOSO^^^^^D", None, None)])
+def test_a_used_name_is_never_sent_as_the_birth_name(names, family, used):
+    oru = ("MSH|^~\\&|SIL|LAB|HUB|REG|20250401101500||ORU^R01|1|P|2.5\r"
+           f"PID|1||280037512345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS||{names}||19800315|F\r"
+           "OBR|1|C1|L1|IONO^Iono^L|||20250401070000\r"
+           "OBX|1|NM|K^Potassium^L||4.1|mmol/L|3.5-5.0|N|||F\r").encode()
+    if family is None:
+        with pytest.raises(ParseError) as err:
+            read_lab_oru(parse_er7(oru))
+        assert err.value.where == "PID[1].5" and "no birth name" in str(err.value)
+        return
+    patient = read_lab_oru(parse_er7(oru)).patient
+    assert (patient.family, patient.used_family) == (family, used)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "cp1252"])
+def test_x_hub_headers_in_raw_8bit_are_read_never_replaced_by_question_marks(registry, encoding):
+    from tx_support import make_pdf
+
+    message = mail((make_pdf(), "application/pdf", "l.pdf"), headers=(
+        "X-Hub-Patient-INS: 279035121518989\r\nX-Hub-Patient-INS-OID: 1.2.250.1.213.1.4.10\r\n"
+        "X-Hub-Patient-Birth-Date: 19790328\r\nX-Hub-Patient-Sex: F\r\nX-Hub-Org-Name: CH Exemple\r\n"
+        "X-Hub-Patient-Family: @FAMILY@\r\nX-Hub-Patient-Given: @GIVEN@\r\n"))
+    message = message.replace(b"@FAMILY@", "MÜLLER-ESSAI".encode(encoding)).replace(
+        b"@GIVEN@", ("Hélène Zoë" if encoding != "cp1252" else "Hélène Œdipe").encode(encoding))
+    out = registry.apply("pdf_to_cda_n1_xdm", message, {"now": NOW})
+    [doc] = cdas(out.message)
+    name = etree.fromstring(doc).find(".//h:patient/h:name", V3)
+    assert name.findtext("h:family", namespaces=V3) == "MÜLLER-ESSAI"
+    assert name.findtext("h:given", namespaces=V3) == ("Hélène Zoë" if encoding != "cp1252" else "Hélène Œdipe")
+
+
+@pytest.mark.parametrize("text, names", [
+    ('[lab]\norg_finess = "12"\n', "[lab] metadata.org_finess: FINESS must be 9 characters"),
+    ('[lab]\npatient_ins_oid = "1.2.3"\n', "[lab] metadata.patient_ins_oid: unknown INS OID"),
+    ('[lab.metadata_map]\n"patient.birthname" = "a.b"\n', "'patient.birthname' is not a path of the metadata model"),
+    ('[lab.metadata_map]\n"patient.birth_name" = "a..b"\n', "patient.birth_name: 'a..b' is not a JSON path"),
+    ('[lab]\nchapter = "1234-5"\n', "[lab] chapter '1234-5' is not a CR-BIO chapter"),
+    ('[lab]\ntz = "Europe/Pariss"\n', "[lab] tz 'Europe/Pariss' is not a time zone"),
+    ('[lab]\ndoc_code = "lettre"\n', "[lab] doc_code 'lettre' is not a LOINC code"),
+])
+def test_a_sender_profile_value_is_checked_at_start_up_not_at_the_senders_first_message(tmp_path, text, names):
+    """Each of these was accepted at start-up: then every message of that sender failed (or, for the mapping,
+    the field was silently never read)."""
+    from hub.errors import ConfigError
+    from hub.settings import TransformSection
+    from hub.transform import build_registry
+
+    path = tmp_path / "senders.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        build_registry(TransformSection(senders=str(path)), "NIL")
+    assert str(err.value).startswith(f"{path}: [lab") and names in str(err.value)
+
+
+def test_a_lab_report_with_no_date_is_refused_never_dated_by_the_conversion(registry):
+    from tx_support import corpus
+
+    hprim = ("H|~^\\&|Z.HPR||LBZ~LABO||ORU|||||P|H2.2~C|\r"      # no H-14, no OBR-22
+             "P|1|PZ1|Z1|185057511212345|ESSAI~PAUL||19850512|M\r"
+             "OBR|1||~Z11|BIO~Bilan~L|R\rOBX|1|NM|NA~SODIUM~L||141|mmol/l|136 - 145|N|||F\rL|1||1|5\r").encode()
+    net = corpus("hn_delta.txt").replace(b"\r\n13/03/2025\r\n", b"\r\n\r\n")
+    for data, chain, where in ((hprim, "hprim_to_cda_xdm", "H-14 and OBR-22"),
+                               (net, "hprim_to_cda_xdm", "line 10 (date of the report)")):
+        with pytest.raises(ParseError) as err:
+            registry.apply(chain, mail((data, "text/plain", "r.txt")), {"now": NOW})
+        assert err.value.where == where and "the report has no date" in str(err.value)
+
+
+@pytest.mark.parametrize("written", ["1/40", "< 1/80", "5 - 3", "10-3"])
+def test_a_dilution_or_an_inverted_range_is_never_sent_as_an_interval(written):
+    from tx_support import corpus
+
+    from hub.transform.parse.hprim import parse_hprim_net
+    from hub.transform.terminology.dates import parse_range
+
+    assert parse_range(written) == ("", "", False, False)
+    [report] = parse_hprim_sante(CP1252_HPRIM.replace(b"|3,5-5,0|", f"|{written}|".encode()))
+    r = report.results[0]
+    assert (r.range_low, r.range_high, r.range_text) == ("", "", written)
+    [net] = parse_hprim_net(corpus("hn_delta.txt").replace(b"|5.40|mmol/l|4.10|5.90|", b"|5.40|mmol/l|5.90|4.10|"))
+    glucose = next(x for x in net.results if x.local_code == "GLY")
+    assert (glucose.range_low, glucose.range_high, glucose.range_text) == ("", "", "5.90 - 4.10")
+
+
+def test_ranges_as_french_labs_write_them_are_still_intervals():
+    from hub.transform.terminology.dates import parse_range
+
+    assert parse_range("3,5 - 5,0") == ("3.5", "5.0", False, False)
+    assert parse_range("-0.5 - -0.1") == ("-0.5", "-0.1", False, False)
+    assert parse_range("(45 à 90)") == ("45", "90", False, False)
+    assert parse_range("0 - 0") == ("0", "0", False, False)
+
+
+@pytest.mark.parametrize("edit, where, message", [
+    (lambda m, b64: m.replace(b"|||||AU|N", b"|||||IP|N"), "TXA[1].17", "completion status 'IP' (in progress)"),
+    (lambda m, b64: m.replace(b"|||||AU|N", b"|||||IN|N"), "TXA[1].17", "completion status 'IN' (incomplete)"),
+    (lambda m, b64: m.replace(b"||||||F", b"||||||P"), "OBX[1].11", "result status 'P': the document is not final"),
+    (lambda m, b64: m + b"OBX|2|ED|11490-0^Annexe^LN||^application^pdf^Base64^" + b64 + b"||||||F\r", "OBX[2].5",
+     "MDM^T02 with 2 PDF documents")])
+def test_an_mdm_draft_or_one_carrying_two_pdfs_is_refused_not_sent_as_a_final_letter(edit, where, message):
+    import base64
+
+    from tx_support import make_pdf, mdm_t02
+
+    from hub.transform.parse.mdm import read_mdm
+
+    pdf = make_pdf()
+    assert read_mdm(parse_er7(mdm_t02(pdf)))[0] == pdf
+    with pytest.raises(ParseError) as err:
+        read_mdm(parse_er7(edit(mdm_t02(pdf), base64.b64encode(pdf))))
+    assert err.value.where == where and message in str(err.value)
