@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -170,6 +171,17 @@ def send(port: int, ca_file, rcpts: list[str], subject: str = "test", **kwargs) 
         code, text = s.data(message(subject, rcpts[0], **kwargs))
         assert code == 250, text
         return text.decode().rsplit(" ", 1)[1]
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 90) -> None:
+    """SIGTERM a `hub serve` (or quickstart) and wait for it; killed if it does not stop in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 def json_lines(text: str) -> list[dict]:

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.support import Peer, free_port, trust_list_xml, wait_for
+from tests.e2e.serve_support import terminate
 
 PASSWORD = "correct horse battery staple"
 PEER_DN = "CN=smtp.operator.example,O=OPERATEUR TEST"
@@ -140,12 +141,7 @@ async def test_sigkill_under_load_loses_nothing(tmp_path, pki):
         assert duplicates <= 2 * 50
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        terminate(proc, 60)
         log.close()
         peer.stop()
         from hub.db import Embedded

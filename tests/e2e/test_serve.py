@@ -20,7 +20,7 @@ import pytest
 
 from hub.db import Embedded
 from tests.e2e.serve_support import (PASSWORD, PEER_DN, ROOT, clean_env, hub_cmd, http_get, json_lines, listeners,
-                                     run_hub, send, shared_tmp, smtp_session, wait_http, write_config)
+                                     run_hub, send, shared_tmp, smtp_session, terminate, wait_http, write_config)
 from tests.support import Peer, free_port, trust_list_xml
 
 SENDER = "dpi@ch-test.example"
@@ -97,13 +97,7 @@ class Served:
     def stop(self) -> int:
         if self.log.closed:
             return self.proc.returncode
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.log.close()
         self.peer.stop()
         return self.proc.returncode

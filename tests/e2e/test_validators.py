@@ -17,7 +17,7 @@ import pytest
 
 from hub.db import Embedded
 from tests.e2e.serve_support import (PASSWORD, PEER_DN, ROOT, clean_env, hub_cmd, json_lines, run_hub, shared_tmp,
-                                     smtp_session, wait_http, write_config)
+                                     smtp_session, terminate, wait_http, write_config)
 from tests.support import Peer, free_port, trust_list_xml
 
 SHARED = ROOT.parent / "shared"
@@ -108,13 +108,7 @@ class Hub:
         raise AssertionError("the message was not processed")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         self.log.close()
         self.peer.stop()
 
