@@ -125,22 +125,22 @@ def pdf_complete(tail: bytes) -> bool:
     return b"%%EOF" in tail[-1024:]
 
 
-_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
 def _canonical(pieces: list[bytes]) -> bool:
     """Whether base64 text in pieces is exactly what `b64encode` writes for the bytes it decodes to.
-    One C pass per piece (`translate` deleting the alphabet leaves nothing), no decoding but of the last quantum
-    (which the last piece holds whole: every other piece is a multiple of 76 = 19 x 4 characters)."""
+    pybase64's strict decode (SIMD: ~20 GB/s, a tenth of a `translate` pass) checks each piece holds only the
+    alphabet, with padding only at the end of the last one (every other piece is a multiple of 76 = 19 x 4
+    characters); then the last quantum's unused bits must be zero (decoded and encoded again)."""
     size = sum(map(len, pieces))
-    last = pieces[-1] if pieces else b""
-    if not size or size % 4 or len(last) < 4:
+    if not size or size % 4 or len(pieces[-1]) < 4:
         return False
-    pad = 2 if last.endswith(b"==") else 1 if last.endswith(b"=") else 0
-    if any(piece.translate(None, _ALPHABET) for piece in pieces[:-1]) or last[:len(last) - pad].translate(
-            None, _ALPHABET):
+    if any(piece.endswith(b"=") for piece in pieces[:-1]):       # padding inside the text
         return False
-    quantum = last[-4:]
+    try:
+        for piece in pieces:
+            pybase64.b64decode(piece, validate=True)
+    except binascii.Error:
+        return False
+    quantum = pieces[-1][-4:]
     return binascii.b2a_base64(binascii.a2b_base64(quantum), newline=False) == quantum
 
 

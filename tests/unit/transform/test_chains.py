@@ -211,12 +211,13 @@ def _lines(text: bytes) -> bytes:
     return b"".join(text[i:i + 76] + b"\r\n" for i in range(0, len(text), 76))
 
 
-@pytest.mark.parametrize("variant", ["canonical", "junk", "junk_in_place", "unused_bits", "one_line", "short_lines"])
+@pytest.mark.parametrize("variant", ["canonical", "junk", "junk_in_place", "unused_bits", "one_line", "short_lines",
+                                     "padding_inside"])
 def test_pdf_base64_reused_only_when_canonical(registry, schema, variant):
     """The sender's base64 goes into the CDA as it is only when it is exactly b64encode of the PDF in 76-column
     lines; anything else is decoded and encoded again: the CDA and the attachment always carry the PDF's bytes."""
     import base64
-    pdf = make_pdf(4000)
+    pdf = make_pdf(4000 if variant != "padding_inside" else 10000)    # 10000: the PDF's end is past the padding
     pdf += b"\n" * ((1 - len(pdf)) % 3)              # 1 byte over a multiple of 3: the last quantum is padded
     text = base64.b64encode(pdf)
     body = {"canonical": _lines(text),
@@ -224,11 +225,17 @@ def test_pdf_base64_reused_only_when_canonical(registry, schema, variant):
             "junk_in_place": _lines(text[:3000] + b"!" + text[3001:]),    # same length, not base64
             "unused_bits": _lines(text[:-3] + b"R==" if text[-3:-2] != b"R" else text[:-3] + b"S=="),
             "one_line": text + b"\r\n",
+            # padding where the hub cuts the text in pieces (64 lines): each piece is valid base64, the whole is not
+            "padding_inside": _lines(text[:64 * 76 - 2] + b"==" + text[64 * 76:]),
             "short_lines": b"".join(text[i:i + 60] + b"\r\n" for i in range(0, len(text), 60))}[variant]
     head, _ = mail((b"", "application/pdf", "a.pdf"), headers=PDF_HEADERS).split(b"--BOUND--")
     message = head + body + b"--BOUND--\r\n"
     if variant == "junk_in_place":           # not base64: refused, never copied into the CDA as it is
         with pytest.raises(ParseError, match="bad base64"):
+            registry.apply("pdf_to_cda_n1_xdm", message, PARAMS)
+        return
+    if variant == "padding_inside":          # decoded, the PDF ends at the padding: incomplete, refused
+        with pytest.raises(ParseError, match="end marker"):
             registry.apply("pdf_to_cda_n1_xdm", message, PARAMS)
         return
     out = registry.apply("pdf_to_cda_n1_xdm", message, PARAMS)
