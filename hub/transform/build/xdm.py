@@ -46,6 +46,7 @@ SS_PATIENT, SS_SOURCE, SS_UNIQUE = ("urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b384
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
 STORE_FROM = 64 * 1024
+STORE_BELOW = 1024       # README.TXT, INDEX.HTM: deflate would save ~60 bytes each for the cost of a deflate state
 DEFLATE_LEVEL = 3        # zlib's fast strategy: half the CPU of the default level 6, 5-10 % larger entries
 _STAMP = ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))
 _LOCAL = struct.Struct(zipfile.structFileHeader)        # the zip record layouts, as zipfile writes them
@@ -215,8 +216,8 @@ def _uuid4(digest: bytes) -> str:
 
 def zip_archive(entries: list[tuple[str, bytes]], stamp: tuple[int, ...]) -> bytes:
     """The archive `zipfile` writes for these entries (ZipInfo(name, stamp), written in order to a BytesIO), built
-    in one join: entries of STORE_FROM bytes or more are stored (copied once, into the result), smaller ones
-    deflated (at DEFLATE_LEVEL). No ZIP64: an entry or archive of 4 GiB or more is a struct.error (the hub's inputs are far smaller)."""
+    in one join: entries of STORE_FROM bytes or more, and those under STORE_BELOW, are stored (copied once, into
+    the result); the others deflated (at DEFLATE_LEVEL). No ZIP64: an entry or archive of 4 GiB or more is a struct.error (the hub's inputs are far smaller)."""
     if stamp[0] < 1980:
         raise ValueError("ZIP does not support timestamps before 1980")
     dostime = stamp[3] << 11 | stamp[4] << 5 | stamp[5] // 2
@@ -229,7 +230,7 @@ def zip_archive(entries: list[tuple[str, bytes]], stamp: tuple[int, ...]) -> byt
             raw_name, flags = name.encode("ascii"), 0
         except UnicodeEncodeError:
             raw_name, flags = name.encode("utf-8"), 0x800
-        method = zipfile.ZIP_STORED if len(data) >= STORE_FROM else zipfile.ZIP_DEFLATED
+        method = zipfile.ZIP_DEFLATED if STORE_BELOW <= len(data) < STORE_FROM else zipfile.ZIP_STORED
         if method == zipfile.ZIP_STORED:
             body = data
         else:
