@@ -8,6 +8,7 @@ the message never quotes the value (a birth date is a patient's).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timezone, tzinfo
 
@@ -80,8 +81,14 @@ def cda_ts(value: str, tz: tzinfo) -> str:
     if value[-5] in "+-":
         return value
     digits = value.ljust(14, "0")[:14]
+    return digits + _offset(digits, tz)
+
+
+@functools.lru_cache(maxsize=4096)
+def _offset(digits: str, tz: tzinfo) -> str:
+    """The zone's `%z` offset at that local time (a report's results share a few analysis times: looked up once)."""
     local = _digits_time(digits) or datetime.strptime(digits, "%Y%m%d%H%M%S")
-    return digits + local.replace(tzinfo=tz).strftime("%z")
+    return local.replace(tzinfo=tz).strftime("%z")
 
 
 def _digits_time(digits: str) -> datetime | None:
