@@ -19,9 +19,10 @@ import io
 import re
 import struct
 import zipfile
-import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+
+from isal import isal_zlib
 
 from hub.errors import ParseError
 from hub.transform.build.cda import x
@@ -47,7 +48,7 @@ HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
 STORE_FROM = 64 * 1024
 STORE_BELOW = 1024       # README.TXT, INDEX.HTM: deflate would save ~60 bytes each for the cost of a deflate state
-DEFLATE_LEVEL = 3        # zlib's fast strategy: half the CPU of the default level 6, 5-10 % larger entries
+DEFLATE_LEVEL = 1        # ISA-L's (isal_zlib: levels 0-3): a third of the CPU of zlib's level 3, entries 3 % larger
 _STAMP = ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))
 _LOCAL = struct.Struct(zipfile.structFileHeader)        # the zip record layouts, as zipfile writes them
 _CENTRAL = struct.Struct(zipfile.structCentralDir)
@@ -234,9 +235,9 @@ def zip_archive(entries: list[tuple[str, bytes]], stamp: tuple[int, ...]) -> byt
         if method == zipfile.ZIP_STORED:
             body = data
         else:
-            deflate = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+            deflate = isal_zlib.compressobj(DEFLATE_LEVEL, isal_zlib.DEFLATED, -15)
             body = deflate.compress(data) + deflate.flush()
-        crc = zlib.crc32(data)
+        crc = isal_zlib.crc32(data)             # ISA-L's: a tenth of zlib's time on a 200 KB letter
         out += (_LOCAL.pack(b"PK\x03\x04", 20, 0, flags, method, dostime, dosdate, crc, len(body), len(data),
                             len(raw_name), 0), raw_name, body)
         central += (_CENTRAL.pack(b"PK\x01\x02", 20, 3, 20, 0, flags, method, dostime, dosdate, crc, len(body),

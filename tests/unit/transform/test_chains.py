@@ -328,3 +328,21 @@ def test_a_transformed_message_keeps_its_trace_fields_first(registry, schema):
     msg, *_ = unpack(out.message, schema)
     assert out.message.startswith(b"Received: from dpi.ch-test.example ([10.1.2.3])\r\n\tby hub.example.org")
     assert [v.split()[1] for v in msg.get_all("Received")] == ["dpi.ch-test.example", "sil.labo.example"]
+
+
+@pytest.mark.parametrize("pdf_size", [4000, 120_000])
+def test_xdm_archive_reads_back_with_zipfile(registry, pdf_size):
+    """The archive written in one join (ISA-L deflate and CRC-32) is what `zipfile` reads and checks: every CRC
+    right, the small text entries stored, the metadata deflated, a CDA of 64 KB or more stored."""
+    out = registry.apply("pdf_to_cda_n1_xdm", mail((make_pdf(pdf_size), "application/pdf", "a.pdf"),
+                                                   headers=PDF_HEADERS), PARAMS)
+    xdm = next(p for p in message_from_bytes(out.message, policy=policy.default).iter_attachments()
+               if p.get_filename() == "IHE_XDM.zip").get_content()
+    with zipfile.ZipFile(io.BytesIO(xdm)) as zf:
+        assert zf.testzip() is None                      # every entry's CRC-32 checked
+        methods = {i.filename: i.compress_type for i in zf.infolist()}
+        cda = zf.read("IHE_XDM/SUBSET01/DOC0001.XML")
+    assert methods["README.TXT"] == methods["INDEX.HTM"] == zipfile.ZIP_STORED
+    assert methods["IHE_XDM/SUBSET01/METADATA.XML"] == zipfile.ZIP_DEFLATED
+    assert methods["IHE_XDM/SUBSET01/DOC0001.XML"] == (zipfile.ZIP_STORED if len(cda) >= 65536 else zipfile.ZIP_DEFLATED)
+    assert cda.startswith(b"<?xml") and cda.rstrip().endswith(b"</ClinicalDocument>")
