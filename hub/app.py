@@ -57,6 +57,7 @@ class Hub:
         self.http_runner = None
         self.rules = None
         self.conformance_warning: str | None = None    # set by _check_conformance
+        self.senders_warning: str | None = None        # set by _check_senders
         self.smtp_port: int | None = None
         self.http_port: int | None = None
         self.sample: health.Sample | None = None     # the last queue / freshness sample (worker 0)
@@ -138,6 +139,7 @@ class Hub:
                                   error_gauge=obs.RULES_FAILED)
         async with self.pool.acquire() as conn:
             await self.rules.start(conn, actor=f"hub process {self.index}")
+            await self._check_senders(conn)
         self._check_conformance()
         key = load_patient_key(s)
         self.patient_key = lambda ins: patient_key(ins, key)
@@ -173,11 +175,30 @@ class Hub:
                 if self.index == 0:            # one sample for the whole hub
                     async with self.pool.acquire() as conn:
                         self.sample = await health.sample(conn)
+                        if self.senders_warning:           # until the accounts exist
+                            await self._check_senders(conn)
                     health.export(self.sample)
                 obs.DATABASE_UP.set(1)
             except Exception as exc:          # keep the last view; intake answers 451 if the DB is really gone
                 obs.DATABASE_UP.set(0)
                 log.warning("view_refresh_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _check_senders(self, conn) -> None:
+        """A sender profile (transform.senders) whose name is no account applies to no message: a typo, or an
+        account not created yet. Said at start-up and on /healthz until such an account exists."""
+        from hub.intake.store import all_accounts
+
+        senders = self.registry.context.senders
+        if not len(senders):
+            return
+        known = {a.name for a in await all_accounts(conn)}
+        unknown = [name for name in senders.names() if name not in known]
+        before, self.senders_warning = self.senders_warning, (
+            f"transform.senders: no account named {', '.join(unknown)} (names are case-sensitive; "
+            f"hub accounts list): those profiles apply to no message" if unknown else None)
+        if unknown and self.index == 0 and before != self.senders_warning:
+            log.warning("sender_profile_without_account", setting="transform.senders", file=senders.source,
+                        profiles=unknown, detail=self.senders_warning)
 
     def _check_conformance(self) -> None:
         """A rule that produces a CDA while no ANS rules are configured: said at start-up, on /healthz, in a

@@ -50,6 +50,9 @@ class SenderProfiles:
     def __len__(self) -> int:
         return len(self._profiles)
 
+    def names(self) -> list[str]:
+        return sorted(self._profiles)
+
     def get(self, account: str | None) -> SenderProfile:
         return self._profiles.get(account or "", SenderProfile(name=account or ""))
 

@@ -90,6 +90,8 @@ async def healthz(request: web.Request) -> web.Response:
         detail["warnings"] = sample.warnings()
     if getattr(hub, "conformance_warning", None):     # CDAs produced with no ANS check: works, but say so
         detail.setdefault("warnings", []).append(hub.conformance_warning)
+    if getattr(hub, "senders_warning", None):         # a sender profile that names no account
+        detail.setdefault("warnings", []).append(hub.senders_warning)
     if hub.trust.list_id is None:
         detail["trust"] = "no authorised-domains list imported: only local destinations are deliverable"
     detail["status"] = "ok" if status == 200 else "failing"

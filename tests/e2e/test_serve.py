@@ -34,9 +34,12 @@ class Served:
         self.smtp, self.http = free_port(), free_port()
         self.data = base / "var"
         self.log_path = base / "hub.log"
+        senders = base / "senders.toml"        # a profile for ch-test (created below) and one with a typo
+        senders.write_text('[ch-test]\nchapter = "18719-5"\n\n[ch-tset]\norg_name = "Laboratoire Ville"\n')
         self.config = write_config(base / "hub.toml", pki, data_dir=self.data, smtp_port=self.smtp,
                                    http_port=self.http, transport={"medecin.mssante.fr": self.peer.port_,
-                                                                   "down.mssante.fr": free_port()})
+                                                                   "down.mssante.fr": free_port()},
+                                   extra=f'[transform]\nsenders = "{senders}"')
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(hub_cmd(self.config, "serve"), cwd=ROOT, stdout=self.log,
                                      stderr=subprocess.STDOUT, env=clean_env())
@@ -315,6 +318,23 @@ def test_cda_chains_without_the_ans_rules_are_said_loudly(served):
     assert health["status"] == "ok"
     assert any(w.startswith("transform.schematron_dir is empty: the CDAs of chains ") for w in health["warnings"])
     assert "hub_transform_conformance_unchecked 1.0" in http_get(served.url + "/metrics")[1].decode()
+
+
+def test_sender_profile_naming_no_account_is_said(served):
+    """A sender profile whose name is no account applies to nothing: said at start-up, and on /healthz until an
+    account of that name exists (ch-test was created after the start: its profile is then no longer named)."""
+    lines = [r for r in served.log_records() if r.get("event") == "sender_profile_without_account"]
+    assert lines[0]["level"] == "warning" and lines[0]["profiles"] == ["ch-test", "ch-tset"]
+    assert lines[0]["setting"] == "transform.senders" and lines[0]["file"].endswith("senders.toml")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        warnings = json.loads(http_get(served.url + "/healthz")[1]).get("warnings", [])
+        named = [w for w in warnings if w.startswith("transform.senders: no account named")]
+        if named and "ch-test," not in named[0]:
+            break
+        time.sleep(0.5)
+    assert named == ["transform.senders: no account named ch-tset (names are case-sensitive; hub accounts list): "
+                     "those profiles apply to no message"]
 
 
 def test_dashboard_queries_use_live_metric_names(served):
