@@ -188,7 +188,8 @@ def build_xdm(docs: list[tuple[CdaInfo, bytes]], *, seed: bytes, hub_oid: str, s
     """Package CDAs (same patient) into IHE_XDM.ZIP bytes. submission_time: UTC 'YYYYMMDDHHMMSS'."""
     digest = hashlib.sha256(seed).digest()
     count = 8 + len(docs) * 12
-    uuids = [_uuid4(hashlib.sha256(digest + n.to_bytes(4, "big")).digest()) for n in range(count)]
+    stream = hashlib.shake_256(digest).digest(16 * count)          # one hash for every entry UUID of the package
+    uuids = [_uuid4(stream[i:i + 16]) for i in range(0, 16 * count, 16)]
     files = [(info, f"DOC{n:04d}.XML", data) for n, (info, data) in enumerate(docs, 1)]
     ss_unique = f"{hub_oid}.2.{int.from_bytes(digest[:12], 'big')}"
     meta = metadata_xml(files, uuids=uuids, ss_unique=ss_unique, source_oid=hub_oid,
