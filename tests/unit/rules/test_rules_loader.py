@@ -180,3 +180,13 @@ def test_hub_rules_check_on_a_directory_without_rule_files_names_the_directory(t
     (tmp_path / "README.md").write_text("no rules here")
     assert main(["rules", "check", str(tmp_path)]) == 2
     assert capsys.readouterr().err.splitlines()[0] == f"{tmp_path}:1:1: no rule files (*.yaml) found"
+
+
+def test_transform_names_are_the_chains_and_need_no_settings():
+    """`hub rules check` knows the chain names without building the transform registry (no schema, LOINC map or
+    sender profiles loaded); the rules tests' FALLBACK_TRANSFORMS is that same set."""
+    from hub.rules.loader import FALLBACK_TRANSFORMS, transform_names
+    from hub.settings import TransformSection
+    from hub.transform.registry import build_registry
+
+    assert transform_names() == build_registry(TransformSection(), "X").names() == FALLBACK_TRANSFORMS
