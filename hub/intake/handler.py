@@ -196,6 +196,8 @@ class IntakeHandler:
     async def handle_RCPT(self, server, session, envelope, address, options):
         if self.closing:
             return replies.SHUTTING_DOWN
+        if "@" not in address:         # `<Postmaster>` (the protocol lets no other address without a domain through)
+            address = f"postmaster@{self.settings.hub.domains[0]}"       # then exactly as postmaster@ that domain
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             self.log_refusal("recipient_refused", session, envelope, replies.TOO_MANY_RCPTS,
                              recipient_domain=_domain(address))

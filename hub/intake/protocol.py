@@ -315,7 +315,10 @@ class HubSMTP(SMTP):
             await self.push(replies.BAD_SYNTAX_RCPT)
             return
         address, rest = split
-        refusal = address_problem(address, sender=False) if address else replies.MALFORMED_ADDRESS
+        if address.lower() == "postmaster":             # RFC 5321 4.1.1.3: `<Postmaster>`, no domain, any case
+            refusal = None                               # (the handler says which postmaster it is)
+        else:
+            refusal = address_problem(address, sender=False) if address else replies.MALFORMED_ADDRESS
         if refusal:
             await self.push(refusal)
             return
