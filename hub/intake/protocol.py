@@ -1,12 +1,17 @@
-"""The SMTP protocol engine: aiosmtpd's `SMTP` with four changes, none of them policy.
+"""The SMTP protocol engine: aiosmtpd's `SMTP` with these changes, none of them policy.
 
 * DATA is read in large chunks up to the CRLF.CRLF terminator instead of line by line (aiosmtpd's line loop is
   most of a relay's CPU at 100 KB). Only CRLF.CRLF ends the data (no SMTP smuggling with bare LF or CR); bare LF
   line ends are normalised to CRLF so no other MTA downstream can read a different message boundary. Dot-stuffing
   is undone; the size limit is enforced while reading, and the rest is drained before 552 is answered.
 * MAIL and RCPT accept the null sender and the DSN parameters (RFC 3461: RET, ENVID, NOTIFY, ORCPT) besides SIZE
-  and BODY, and hand them to the handler parsed.
-* AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop).
+  and BODY, and hand them to the handler parsed; MAIL takes AUTH= (RFC 4954 5) and drops it. `RCPT TO:<Postmaster>`
+  (no domain) is handed over as `postmaster`. A quoted local part hiding a dot-atom is unquoted (`"a.b"@x` is
+  `a.b@x`); one that needs its quotes is refused. Command lines may be as long as the offered extensions make
+  them (`_CommandLimits`), the same in every session.
+* AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop); `=` is
+  an empty initial response; AUTH during a mail transaction is 503.
+* HELP answers 214, VRFY 252 without parsing; no reply quotes a control character back.
 * Any 421 reply closes the connection.
 * Envelope text is checked before anything stores or looks it up (`address_problem`, `text_problem`): bytes that
   are not UTF-8 (aiosmtpd hands them over as lone surrogates), NUL and other control characters, non-ASCII
@@ -40,6 +45,10 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
 _ROUTE = re.compile(r"@[^@:,<>\s]+(?:,@[^@:,<>\s]+)*:")          # `@a,@b:` before the mailbox
 _ORCPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;\S+")               # RFC 3461: addr-type ";" xtext, both present
+_XTEXT_VALUE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")    # RFC 3461 4: xtext
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"@([^@]*)')                 # RFC 5321 4.1.2: Quoted-string "@" Domain
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_REPLY_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 # the enhanced status code of a reply that has none (aiosmtpd's own), by reply code; else its class's X.0.0
 _ENHANCED = {b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1", b"503": b"5.5.1", b"504": b"5.5.4",
              b"530": b"5.7.0", b"552": b"5.3.4", b"554": b"5.7.0", b"555": b"5.5.4", b"454": b"4.7.0"}
@@ -87,10 +96,23 @@ def address_problem(address: str, *, sender: bool) -> str | None:
         return replies.ADDRESS_CONTROL.format(enhanced=enhanced)
     if not address.isascii():
         return replies.ADDRESS_NOT_ASCII
+    if address.startswith('"'):
+        return replies.QUOTED_LOCAL_PART.format(enhanced=enhanced)
     local, at, domain = address.rpartition("@")
-    if not at or not local or " " in address or len(address) > 320 or not _DOMAIN.fullmatch(domain):
+    if not at or not local or " " in address or '"' in address or len(address) > 320 \
+            or not _DOMAIN.fullmatch(domain):
         return replies.MALFORMED_SENDER if sender else replies.MALFORMED_ADDRESS
     return None
+
+
+def unquoted(address: str) -> str:
+    """`"dr.martin"@x` is `dr.martin@x` (RFC 5321 4.1.2: the quotes, and quoted pairs, hide a dot-atom): one form
+    for the directory, the rules and the next hop. A local part that needs its quotes stays quoted (refused)."""
+    m = _QUOTED.fullmatch(address)
+    if m is None:
+        return address
+    local = re.sub(r"\\(.)", r"\1", m.group(1))
+    return f"{local}@{m.group(2)}" if _DOT_ATOM.fullmatch(local) else address
 
 
 def xtext_decode(value: str) -> str:
@@ -114,8 +136,27 @@ class HubSession(Session):
     login_data = None
 
 
+class _CommandLimits(dict):
+    """The longest command line taken, by verb (octets before the CRLF; a longer one gets `500 5.5.2`): RFC 5321's
+    512 (4.5.3.1.4), MAIL and RCPT lengthened by the parameters the EHLO reply offers (RFC 1870 SIZE: 26, BODY=: 14,
+    RFC 3461 DSN: 100 on MAIL and 500 on RCPT, RFC 4954 AUTH=: 500). The same for every session: aiosmtpd's limits
+    are one dict shared by every connection, emptied by each new one and raised at each EHLO (its `+= 26` is a no-op
+    here), so whether a MAIL line was too long depended on the other sessions."""
+
+    def __missing__(self, verb: str) -> int:
+        return 512
+
+    def __setitem__(self, verb: str, value: int) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
 class HubSMTP(SMTP):
     read_chunk_limit = 256 * 1024
+    command_size_limits = _CommandLimits(MAIL=512 + 26 + 14 + 100 + 500, RCPT=512 + 500)
+    line_length_limit = 2048                       # what the reader takes before "too long" (commands, AUTH lines)
 
     @classmethod
     def factory(cls, handler, **kwargs):
@@ -181,9 +222,15 @@ class HubSMTP(SMTP):
         Every reply is ASCII (SMTPUTF8 is not offered: `é` goes out as `e`, undecodable client bytes quoted back as
         `?`), and every 2xx/4xx/5xx reply but the greeting and the HELO/EHLO reply carries an enhanced status code
         (ENHANCEDSTATUSCODES is offered, RFC 2034): aiosmtpd's own replies (`503 Error: send HELO first`,
-        `500 Command line too long`, `221 Bye`...) get their class's code."""
+        `500 Command line too long`, `221 Bye`...) get their class's code. Control characters a reply would quote
+        back from the client go out as `?`; aiosmtpd's `502` before it closes a session sending unknown commands
+        goes out as the `421` a server closing the connection answers (RFC 5321 3.8)."""
         if isinstance(status, str):
             status = status.encode("ascii") if status.isascii() else _ascii(status)
+        if _REPLY_CONTROL.search(status):              # client text quoted back (an unknown verb): no CR, no NUL
+            status = _REPLY_CONTROL.sub(b"?", status)
+        if status.startswith(b"502 5.5.1 Too many unrecognized"):     # aiosmtpd's, then it closes: that is a 421
+            status = replies.TOO_MANY_UNKNOWN.encode("ascii")
         first = "_hub_replies" not in self.__dict__
         if status[:1] in b"245" and not (status[5:6] == b"." and status[4:5] in b"245") and not first \
                 and not self.__dict__.get("_hub_hello"):
@@ -231,6 +278,31 @@ class HubSMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    @functools.wraps(SMTP.smtp_HELP)
+    async def smtp_HELP(self, arg: str) -> None:
+        """214 (RFC 5321 4.1.1.8; aiosmtpd answers 250), 504 for a topic it has no help on."""
+        help_for = self._smtp_methods.get(arg.upper()) if arg else None
+        if help_for is not None and self._syntax_available(help_for):
+            syntax = help_for.__smtp_syntax__ + ((help_for.__smtp_syntax_extended__ or "")
+                                                  if self.session.extended_smtp else "")
+            await self.push("214 2.0.0 Syntax: " + syntax)
+            return
+        commands = " ".join(sorted(n for n, m in self._smtp_methods.items() if self._syntax_available(m)))
+        await self.push(("504 5.5.4 No help on that; commands: " if arg else "214 2.0.0 Commands: ") + commands)
+
+    @functools.wraps(SMTP.smtp_VRFY)
+    async def smtp_VRFY(self, arg: str) -> None:
+        """252 for any argument (RFC 5321 3.5.3: nothing is verified); aiosmtpd answered an address it could not
+        parse `502` (not implemented) with the argument quoted back."""
+        await self.push(replies.VRFY if arg else "501 5.5.4 Syntax: VRFY <address>")
+
+    @functools.wraps(SMTP.smtp_AUTH)
+    async def smtp_AUTH(self, arg: str) -> None:
+        if getattr(self.envelope, "hub_mail_started", False):      # RFC 4954 4: not during a mail transaction
+            await self.push("503 5.5.1 AUTH is not permitted during a mail transaction")
+            return
+        await super().smtp_AUTH(arg)
+
     # ---- MAIL / RCPT -------------------------------------------------------------------------------------------
     def _split_path(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
         if arg is None:
@@ -243,7 +315,7 @@ class HubSMTP(SMTP):
             return None
         address = m.group(1).strip()
         route = _ROUTE.match(address)             # RFC 5321 4.1.1.3: a source route is ignored, never relayed
-        return (address[route.end():] if route else address), m.group(2)
+        return unquoted(address[route.end():] if route else address), m.group(2)
 
     @functools.wraps(SMTP.smtp_MAIL)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -283,6 +355,11 @@ class HubSMTP(SMTP):
         ret = params.pop("RET", None)
         if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
             await self.push(replies.BAD_PARAM.format(name="RET"))
+            return
+        auth = params.pop("AUTH", None)               # RFC 4954 5: taken (the server must), trusted for nothing
+        if auth is not None and (not isinstance(auth, str) or len(auth) > 500 or not _XTEXT_VALUE.fullmatch(auth)
+                                 or text_problem(xtext_decode(auth))):
+            await self.push(replies.BAD_PARAM.format(name="AUTH"))
             return
         envid = params.pop("ENVID", None)
         if envid is not None and (not isinstance(envid, str) or len(envid) > 100 or text_problem(envid)
@@ -428,10 +505,8 @@ class HubSMTP(SMTP):
             if value is MISSING:
                 return AuthResult(success=False)
         else:
-            try:
-                value = b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push("501 5.5.2 Can't decode base64")
+            value = await self._initial_response(args[1])
+            if value is None:
                 return AuthResult(success=False, handled=True)
         try:
             _, login, password = value.split(b"\x00")
@@ -439,6 +514,16 @@ class HubSMTP(SMTP):
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
         return await self._hub_auth("PLAIN", login, password)
+
+    async def _initial_response(self, arg: str) -> bytes | None:
+        """The AUTH command's initial response, decoded: `=` is an empty one (RFC 4954 4). None once refused."""
+        if arg == "=":
+            return b""
+        try:
+            return b64decode(arg.encode(), validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Can't decode base64")
+            return None
 
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
                              log_client_response: bool = False) -> Any:
@@ -476,10 +561,8 @@ class HubSMTP(SMTP):
             if login is MISSING:
                 return AuthResult(success=False)
         else:
-            try:
-                login = b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push("501 5.5.2 Can't decode base64")
+            login = await self._initial_response(args[1])
+            if login is None:
                 return AuthResult(success=False, handled=True)
         password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
         if password is MISSING:
@@ -518,7 +601,6 @@ class _Template:
         proto._smtp_methods = {cmd: getattr(proto, name) for cmd, name in self.smtp_methods.items()}
         proto._auth_methods = {k: (a if name is None else type(a)(getattr(proto, name), True))
                                for k, (name, a) in self.auth.items()}
-        proto.command_size_limits.clear()          # as SMTP.__init__ does
         return proto
 
 

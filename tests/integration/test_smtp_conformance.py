@@ -46,3 +46,109 @@ async def test_bare_postmaster_goes_where_the_hub_domain_goes_and_never_outside(
     assert (await anonymous.cmd(b"MAIL FROM:<" + SENDER + b">"))[1].startswith("530 5.7.0")
     assert (await anonymous.cmd(b"RCPT TO:<postmaster>"))[1].startswith("503 5.5.1")
     await anonymous.close()
+
+
+async def test_command_lines_are_as_long_as_the_offered_extensions_make_them(start_hub, pki):
+    """512 octets (RFC 5321 4.5.3.1.4), and more for MAIL and RCPT by the parameters offered: DSN (RFC 3461: ORCPT
+    and ENVID), SIZE (RFC 1870), AUTH= (RFC 4954). The same in every session, whatever the others do (aiosmtpd's
+    limits were one dict for every connection, emptied by each new one)."""
+    hub = await start_hub({})
+    c = await raw(hub, pki)
+    other = await raw(hub, pki)                          # a session opened after this one's EHLO
+    mail = (b"MAIL FROM:<" + SENDER + b"> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=" + b"e" * 100 + b" AUTH=" +
+            b"a" * 480 + b"@ch-test.example")
+    rcpt = b"RCPT TO:<dr.martin@medecin.mssante.fr> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;" + b"o" * 470 + b"@x.fr"
+    assert len(mail) > 600 and len(rcpt) > 550
+    assert (await c.cmd(mail))[1] == "250 2.1.0 Sender OK"
+    assert (await c.cmd(rcpt))[1] == "250 2.1.5 Recipient OK"
+    for line in (b"NOOP " + b"n" * 600, b"RCPT TO:<dr.martin@medecin.mssante.fr> NOTIFY=NEVER X=" + b"x" * 1100,
+                 b"NOOP " + b"m" * 5000):
+        assert (await c.cmd(line))[1] == "500 5.5.2 Command line too long", line[:30]
+    assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"                # still in step
+    await other.close()
+    await c.close()
+
+
+async def test_the_auth_parameter_of_mail_is_taken_and_checked(start_hub, peer, pki):
+    """RFC 4954 5: a server offering AUTH takes `MAIL FROM:<...> AUTH=<>` (sendmail sends it), trusts it for
+    nothing and relays none; a malformed value is a 555 5.5.4 like any parameter."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    c = await raw(hub, pki)
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b"> AUTH=someone+40elsewhere.example"))[0] == 250
+    assert (await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr>"))[0] == 250
+    assert (await c.cmd(b"DATA"))[0] == 354
+    code, text = await c.cmd(HEAD % 1 + b".")
+    assert code == 250, text
+    await wait_for(lambda: len(peer.messages) == 1)
+    assert not any(o.upper().startswith("AUTH") for o in peer.messages[0].mail_options)
+    for value, want in ((b"<>", "250 2.1.0"), (b"dpi@ch-test.example", "250 2.1.0"), (b"dpi+2Bx@ch-test.example",
+                        "250 2.1.0"), (b"a+zz", "555 5.5.4"), (b"a=b", "555 5.5.4"), (b"", "555 5.5.4"),
+                        (b"a+00", "555 5.5.4")):
+        code, text = await c.cmd(b"MAIL FROM:<" + SENDER + b"> AUTH=" + value if value else
+                                 b"MAIL FROM:<" + SENDER + b"> AUTH")
+        assert text.startswith(want), (value, text)
+        await c.cmd(b"RSET")
+    await c.close()
+
+
+async def test_auth_is_refused_during_a_transaction_and_takes_an_empty_initial_response(start_hub, conn, pki):
+    """RFC 4954 4: AUTH during a mail transaction gets 503 5.5.1 (here after a MAIL allowed by the client network);
+    `=` is an empty initial response, not a base64 error."""
+    from hub.intake import store
+
+    hub = await start_hub({})
+    await store.add_account(conn, "net", password_hash=None, cert_subject=None, networks=["127.0.0.0/8"],
+                            allow_from=["ch-test.example"], fallback_mailbox=None)
+    await hub.accounts.load(conn)
+    c = await RawSMTP.open(hub.smtp_port, pki["ca_file"])
+    plain = b"AUTH PLAIN " + base64.b64encode(f"\0ch-test\0{PASSWORD}".encode())
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b">"))[0] == 250
+    assert (await c.cmd(plain))[1].startswith("503 5.5.1")
+    assert (await c.cmd(b"RSET"))[0] == 250
+    assert (await c.cmd(b"AUTH PLAIN ="))[1] == "501 5.5.2 Can't split auth value"
+    assert (await c.cmd(b"AUTH LOGIN ="))[0] == 334                   # the password challenge comes next
+    assert (await c.cmd(b"*"))[1] == "501 5.7.0 Auth aborted"
+    assert (await c.cmd(plain))[1] == "235 2.7.0 Authentication successful"
+    await c.close()
+
+
+async def test_help_vrfy_and_unknown_commands(start_hub, pki):
+    """HELP is 214 (RFC 5321 4.1.1.8), 504 for a topic without help; VRFY is 252 for anything (nothing is verified)
+    and 501 without argument; no reply quotes a control character back; too many unknown commands end the session
+    with 421 4.7.0, the reply of a server that closes (RFC 5321 3.8)."""
+    hub = await start_hub({})
+    c = await raw(hub, pki)
+    code, text = await c.cmd(b"HELP")
+    assert code == 214 and text.startswith("214 2.0.0") and "MAIL" in text
+    assert (await c.cmd(b"HELP mail"))[1].startswith("214 2.0.0 Syntax: MAIL FROM:")
+    assert (await c.cmd(b"HELP FOO"))[1].startswith("504 5.5.4")
+    for arg in (b"postmaster", b"<\x00@x>", b"a\rb", b"\"unparsable"):
+        assert (await c.cmd(b"VRFY " + arg))[1].startswith("252 2.0.0 Cannot VRFY user"), arg
+    assert (await c.cmd(b"VRFY"))[1].startswith("501 5.5.4")
+    for n in range(4):
+        code, text = await c.cmd(b"X\rY\x1b%d" % n)
+        assert code == 500 and text.startswith("500 5.5.2") and "\r" not in text and "\x1b" not in text, text
+    assert (await c.cmd(b"XYZZY"))[1] == "421 4.7.0 Too many unrecognized commands, closing connection"
+    assert await c.reader.read() == b""                                   # and the connection is closed
+    await c.close()
+
+
+async def test_quoted_local_parts(start_hub, peer, conn, pki):
+    """`"dr.martin"@...` is dr.martin@... (RFC 5321 4.1.2: the quotes hide a dot-atom): resolved, stored and
+    relayed unquoted. A local part that needs its quotes (a space, an `@`) is no MSSanté address: 553 saying so."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    c = await raw(hub, pki)
+    assert (await c.cmd(b'MAIL FROM:<"d p"@ch-test.example>'))[1].startswith("553 5.1.7 Quoted local part")
+    assert (await c.cmd(b'MAIL FROM:<"dpi"@ch-test.example>'))[0] == 250
+    for rcpt in (b'"dr martin"@medecin.mssante.fr', b'"a@b"@medecin.mssante.fr', b'dr."x"@medecin.mssante.fr'):
+        code, text = await c.cmd(b"RCPT TO:<" + rcpt + b">")
+        assert (code, text[4:9]) == (553, "5.1.3"), (rcpt, text)
+    assert (await c.cmd(b'RCPT TO:<"dr\\.martin"@medecin.mssante.fr>'))[0] == 250
+    assert (await c.cmd(b"DATA"))[0] == 354
+    code, text = await c.cmd(HEAD % 1 + b".")
+    assert code == 250, text
+    await c.close()
+    await wait_for(lambda: len(peer.messages) == 1)
+    assert (peer.messages[0].mail_from, peer.messages[0].rcpt_tos) == ("dpi@ch-test.example",
+                                                                       ["dr.martin@medecin.mssante.fr"])
+    assert await conn.fetchval("SELECT mail_from FROM message") == "dpi@ch-test.example"
