@@ -196,8 +196,11 @@ class IntakeHandler:
     async def handle_RCPT(self, server, session, envelope, address, options):
         if self.closing:
             return replies.SHUTTING_DOWN
-        if "@" not in address:         # `<Postmaster>` (the protocol lets no other address without a domain through)
-            address = f"postmaster@{self.settings.hub.domains[0]}"       # then exactly as postmaster@ that domain
+        local, at, domain = address.rpartition("@")
+        if not at or (local.lower() == "postmaster" and domain.lower() == self.settings.resolution_domain):
+            # `<Postmaster>` (the protocol lets no other address without a domain through), or the postmaster of the
+            # resolution domain (not a national id): exactly as postmaster@ the first hub domain (RFC 5321 4.5.1)
+            address = f"postmaster@{self.settings.hub.domains[0].lower()}"
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             self.log_refusal("recipient_refused", session, envelope, replies.TOO_MANY_RCPTS,
                              recipient_domain=_domain(address))

@@ -10,7 +10,7 @@
   `a.b@x`); one that needs its quotes is refused. Command lines may be as long as the offered extensions make
   them (`_CommandLimits`), the same in every session.
 * AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop); `=` is
-  an empty initial response; AUTH during a mail transaction is 503.
+  an empty initial response; a mechanism name in any case is taken; AUTH during a mail transaction is 503.
 * HELP answers 214, VRFY 252 without parsing; no reply quotes a control character back.
 * Any 421 reply closes the connection.
 * Envelope text is checked before anything stores or looks it up (`address_problem`, `text_problem`): bytes that
@@ -301,6 +301,9 @@ class HubSMTP(SMTP):
         if getattr(self.envelope, "hub_mail_started", False):      # RFC 4954 4: not during a mail transaction
             await self.push("503 5.5.1 AUTH is not permitted during a mail transaction")
             return
+        if arg:                                    # RFC 4954 7: `AUTH plain` is `AUTH PLAIN` (aiosmtpd: 504)
+            mechanism, space, response = arg.partition(" ")
+            arg = mechanism.upper() + space + response
         await super().smtp_AUTH(arg)
 
     # ---- MAIL / RCPT -------------------------------------------------------------------------------------------
@@ -335,9 +338,12 @@ class HubSMTP(SMTP):
         if getattr(self.envelope, "hub_mail_started", False):
             await self.push(replies.NESTED_MAIL)
             return
-        params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)
+        params = parse_params(rest)
         if params is None:
             await self.push(replies.BAD_SYNTAX_MAIL)
+            return
+        if params and not self.session.extended_smtp:     # after HELO no parameter is offered (RFC 5321 4.1.1.11)
+            await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
             return
         body = params.pop("BODY", "7BIT")
         if body not in ("7BIT", "8BITMIME"):
@@ -399,9 +405,12 @@ class HubSMTP(SMTP):
         if refusal:
             await self.push(refusal)
             return
-        params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)
+        params = parse_params(rest)
         if params is None:
             await self.push(replies.BAD_SYNTAX_RCPT)
+            return
+        if params and not self.session.extended_smtp:     # after HELO no parameter is offered (RFC 5321 4.1.1.11)
+            await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
             return
         notify = params.pop("NOTIFY", None)
         if notify is not None:

@@ -22,7 +22,8 @@ async def test_bare_postmaster_is_answered_as_postmaster_at_the_hub_domain(start
     hub = await start_hub({"medecin.mssante.fr": peer.port_, "hub.example.org": peer.port_})
     c = await raw(hub, pki)
     assert (await c.cmd(b"MAIL FROM:<" + SENDER + b">"))[0] == 250
-    for rcpt in (b"<postmaster>", b"<PostMaster>", b"<postmaster@hub.example.org>", b"<Postmaster@HUB.example.org>"):
+    for rcpt in (b"<postmaster>", b"<PostMaster>", b"<postmaster@hub.example.org>", b"<Postmaster@HUB.example.org>",
+                 b"<postmaster@rpps.hub.example.org>"):                  # the resolution domain's: not a national id
         code, text = await c.cmd(b"RCPT TO:" + rcpt)
         assert (code, text[4:9]) == (550, "5.1.1") and "postmaster@hub.example.org" in text.lower(), (rcpt, text)
     await c.close()
@@ -93,7 +94,7 @@ async def test_the_auth_parameter_of_mail_is_taken_and_checked(start_hub, peer, 
 
 async def test_auth_is_refused_during_a_transaction_and_takes_an_empty_initial_response(start_hub, conn, pki):
     """RFC 4954 4: AUTH during a mail transaction gets 503 5.5.1 (here after a MAIL allowed by the client network);
-    `=` is an empty initial response, not a base64 error."""
+    `=` is an empty initial response, not a base64 error; the mechanism name is case-insensitive (RFC 4954 7)."""
     from hub.intake import store
 
     hub = await start_hub({})
@@ -108,7 +109,7 @@ async def test_auth_is_refused_during_a_transaction_and_takes_an_empty_initial_r
     assert (await c.cmd(b"AUTH PLAIN ="))[1] == "501 5.5.2 Can't split auth value"
     assert (await c.cmd(b"AUTH LOGIN ="))[0] == 334                   # the password challenge comes next
     assert (await c.cmd(b"*"))[1] == "501 5.7.0 Auth aborted"
-    assert (await c.cmd(plain))[1] == "235 2.7.0 Authentication successful"
+    assert (await c.cmd(b"AUTH plain " + plain[11:]))[1] == "235 2.7.0 Authentication successful"   # any case
     await c.close()
 
 
@@ -152,3 +153,17 @@ async def test_quoted_local_parts(start_hub, peer, conn, pki):
     assert (peer.messages[0].mail_from, peer.messages[0].rcpt_tos) == ("dpi@ch-test.example",
                                                                        ["dr.martin@medecin.mssante.fr"])
     assert await conn.fetchval("SELECT mail_from FROM message") == "dpi@ch-test.example"
+
+
+async def test_parameters_after_helo_are_not_offered(start_hub, pki):
+    """After HELO (not EHLO) no extension is offered: a MAIL or RCPT parameter gets 555 5.5.4 (RFC 5321 4.1.1.11),
+    not the 501 of a syntax error; without parameters the transaction goes on."""
+    hub = await start_hub({})
+    c = await raw(hub, pki)
+    assert (await c.cmd(b"HELO dpi.ch-test.example"))[0] == 250
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b"> SIZE=10"))[1].startswith("555 5.5.4 Unsupported or malformed "
+                                                                                "parameter SIZE")
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b">"))[0] == 250
+    assert (await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr> NOTIFY=NEVER"))[1].startswith("555 5.5.4")
+    assert (await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr>"))[0] == 250
+    await c.close()
