@@ -215,8 +215,9 @@ class IntakeHandler:
             obs.SMTP_REPLIES.labels(outcome.reply[:3]).inc()
             self.log_refusal("recipient_refused", session, envelope, outcome.reply, recipient_domain=_domain(address))
             return outcome.reply
-        envelope.hub_recipients.append(outcome.recipient)
-        envelope.rcpt_tos.append(address)
+        envelope.rcpt_tos.append(address)          # counted (smtp.max_recipients) and answered like the first
+        if all(r.address != outcome.recipient.address for r in envelope.hub_recipients):
+            envelope.hub_recipients.append(outcome.recipient)      # a mailbox named twice is delivered once
         return replies.RCPT_OK
 
     async def handle_DATA(self, server, session, envelope):

@@ -167,3 +167,23 @@ async def test_parameters_after_helo_are_not_offered(start_hub, pki):
     assert (await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr> NOTIFY=NEVER"))[1].startswith("555 5.5.4")
     assert (await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr>"))[0] == 250
     await c.close()
+
+
+async def test_a_mailbox_named_twice_in_a_transaction_is_delivered_once(start_hub, peer, conn, pki):
+    """As Postfix does: every RCPT naming the same mailbox (again, in another case, or as the bare postmaster and
+    postmaster@ the hub domain) is answered 250, and the message goes to it once."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    c = await raw(hub, pki)
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b">"))[0] == 250
+    for rcpt in (b"dr.martin@medecin.mssante.fr", b"dr.martin@medecin.mssante.fr", b"Dr.Martin@Medecin.mssante.fr",
+                 b"dr.durand@medecin.mssante.fr"):
+        assert (await c.cmd(b"RCPT TO:<" + rcpt + b">"))[1] == "250 2.1.5 Recipient OK"
+    assert (await c.cmd(b"DATA"))[0] == 354
+    code, text = await c.cmd(HEAD % 1 + b".")
+    assert code == 250, text
+    await c.close()
+    rows = await conn.fetch("SELECT address FROM recipient ORDER BY address")
+    assert [r["address"] for r in rows] == ["dr.durand@medecin.mssante.fr", "dr.martin@medecin.mssante.fr"]
+    await wait_for(lambda: sum(len(m.rcpt_tos) for m in peer.messages) == 2)
+    assert sorted(r for m in peer.messages for r in m.rcpt_tos) == ["dr.durand@medecin.mssante.fr",
+                                                                     "dr.martin@medecin.mssante.fr"]
