@@ -91,7 +91,7 @@ class Hub:
         make = HubSMTP.factory(self.handler, hostname=s.smtp.hostname, ident="hub ESMTP", tls_context=tls,
                                require_starttls=False, auth_require_tls=True, data_size_limit=s.smtp.max_message_size,
                                enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
-                               command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
+                               command_call_limit={"AUTH": 5, "STARTTLS": 2, "*": 10_000_000})
 
         def factory():
             obs.SMTP_SESSIONS.inc()

@@ -11,7 +11,8 @@
   them (`_CommandLimits`), the same in every session.
 * AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop); `=` is
   an empty initial response; a mechanism name in any case is taken; AUTH during a mail transaction is 503.
-* HELP answers 214, VRFY 252 without parsing; no reply quotes a control character back.
+* HELP answers 214, VRFY 252 without parsing; no reply quotes a control character back. NOOP, VRFY and HELP are
+  limited between two accepted messages (`junk_limit`), not per session.
 * Any 421 reply closes the connection.
 * Envelope text is checked before anything stores or looks it up (`address_problem`, `text_problem`): bytes that
   are not UTF-8 (aiosmtpd hands them over as lone surrogates), NUL and other control characters, non-ASCII
@@ -278,9 +279,30 @@ class HubSMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    # ---- commands that move no mail -----------------------------------------------------------------------------
+    junk_limit = 100               # NOOP, VRFY, HELP between two accepted messages (as Postfix's junk limit)
+    _hub_junk = 0
+
+    async def _junk(self) -> bool:
+        """Whether this command is one too many (then answered 421 and closed). The count starts again at each
+        accepted message: a client keeping its session alive with a NOOP between messages is never cut (a
+        limit per session cut it after its 100th NOOP, however much mail it sent)."""
+        self._hub_junk += 1
+        if self._hub_junk <= self.junk_limit:
+            return False
+        await self.push(replies.TOO_MANY_JUNK)
+        return True
+
+    @functools.wraps(SMTP.smtp_NOOP)
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
     @functools.wraps(SMTP.smtp_HELP)
     async def smtp_HELP(self, arg: str) -> None:
         """214 (RFC 5321 4.1.1.8; aiosmtpd answers 250), 504 for a topic it has no help on."""
+        if await self._junk():
+            return
         help_for = self._smtp_methods.get(arg.upper()) if arg else None
         if help_for is not None and self._syntax_available(help_for):
             syntax = help_for.__smtp_syntax__ + ((help_for.__smtp_syntax_extended__ or "")
@@ -294,6 +316,8 @@ class HubSMTP(SMTP):
     async def smtp_VRFY(self, arg: str) -> None:
         """252 for any argument (RFC 5321 3.5.3: nothing is verified); aiosmtpd answered an address it could not
         parse `502` (not implemented) with the argument quoted back."""
+        if await self._junk():
+            return
         await self.push(replies.VRFY if arg else "501 5.5.4 Syntax: VRFY <address>")
 
     @functools.wraps(SMTP.smtp_AUTH)
@@ -502,6 +526,8 @@ class HubSMTP(SMTP):
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
+        if status is MISSING or status.startswith("250"):
+            self._hub_junk = 0
         await self.push("250 OK" if status is MISSING else status)
 
     # ---- AUTH --------------------------------------------------------------------------------------------------

@@ -187,3 +187,21 @@ async def test_a_mailbox_named_twice_in_a_transaction_is_delivered_once(start_hu
     await wait_for(lambda: sum(len(m.rcpt_tos) for m in peer.messages) == 2)
     assert sorted(r for m in peer.messages for r in m.rcpt_tos) == ["dr.durand@medecin.mssante.fr",
                                                                      "dr.martin@medecin.mssante.fr"]
+
+
+async def test_noop_is_limited_between_messages_not_per_session(start_hub, peer, pki):
+    """A client keeping its session alive with NOOP between messages is never cut; 100 NOOP (or VRFY, HELP) in a
+    row without mail end it with 421 4.7.0 (as Postfix's smtpd_junk_command_limit)."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    c = await raw(hub, pki)
+    for n in range(3):
+        for _ in range(90):
+            assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"
+        code, text = await c.send(SENDER, [b"dr.martin@medecin.mssante.fr"], HEAD % n)
+        assert code == 250, text
+    for _ in range(100):
+        assert (await c.cmd(b"NOOP"))[0] == 250
+    assert (await c.cmd(b"VRFY x"))[1] == "421 4.7.0 Too many commands without mail, closing connection"
+    assert await c.reader.read() == b""
+    await c.close()
+    await wait_for(lambda: len(peer.messages) == 3)
