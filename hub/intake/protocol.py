@@ -158,6 +158,10 @@ class HubSMTP(SMTP):
     read_chunk_limit = 256 * 1024
     command_size_limits = _CommandLimits(MAIL=512 + 26 + 14 + 100 + 500, RCPT=512 + 500)
     line_length_limit = 2048                       # what the reader takes before "too long" (commands, AUTH lines)
+    # AUTH LOGIN's challenges as every server sends them ([MS-XLOGIN]: clients may check them); aiosmtpd's own are
+    # "User Name\0" and "Password\0"
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
     @classmethod
     def factory(cls, handler, **kwargs):

@@ -113,6 +113,17 @@ async def test_auth_is_refused_during_a_transaction_and_takes_an_empty_initial_r
     await c.close()
 
 
+async def test_auth_login_challenges_are_the_usual_ones(start_hub, pki):
+    """`Username:` and `Password:` (what Postfix, Exchange and [MS-XLOGIN] send; clients may check them), not
+    aiosmtpd's `User Name\\0` and `Password\\0`."""
+    hub = await start_hub({})
+    c = await RawSMTP.open(hub.smtp_port, pki["ca_file"])
+    assert (await c.cmd(b"AUTH LOGIN"))[1] == "334 " + base64.b64encode(b"Username:").decode()
+    assert (await c.cmd(base64.b64encode(b"ch-test")))[1] == "334 " + base64.b64encode(b"Password:").decode()
+    assert (await c.cmd(base64.b64encode(PASSWORD.encode())))[1] == "235 2.7.0 Authentication successful"
+    await c.close()
+
+
 async def test_help_vrfy_and_unknown_commands(start_hub, pki):
     """HELP is 214 (RFC 5321 4.1.1.8), 504 for a topic without help; VRFY is 252 for anything (nothing is verified)
     and 501 without argument; no reply quotes a control character back; too many unknown commands end the session
