@@ -374,7 +374,7 @@ class HubSMTP(SMTP):
             await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
             return
         body = params.pop("BODY", "7BIT")
-        if body not in ("7BIT", "8BITMIME"):
+        if not isinstance(body, str) or body.upper() not in ("7BIT", "8BITMIME"):     # any case (RFC 6152, ABNF)
             await self.push(replies.BAD_PARAM.format(name="BODY"))
             return
         size = params.pop("SIZE", None)

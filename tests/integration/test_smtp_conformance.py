@@ -216,3 +216,17 @@ async def test_noop_is_limited_between_messages_not_per_session(start_hub, peer,
     assert await c.reader.read() == b""
     await c.close()
     await wait_for(lambda: len(peer.messages) == 3)
+
+
+async def test_mail_parameter_values_in_any_case(start_hub, pki):
+    """Keywords and their values are case-insensitive (RFC 5321 4.1.2, RFC 6152 and 3461 ABNF): `BODY=8bitmime`
+    was a 555."""
+    hub = await start_hub({})
+    c = await raw(hub, pki)
+    for params in (b"body=8bitmime", b"BODY=7bit", b"Body=8BitMime ret=hdrs size=10", b"BODY=8BITMIME"):
+        assert (await c.cmd(b"MAIL FROM:<" + SENDER + b"> " + params))[1] == "250 2.1.0 Sender OK", params
+        assert (await c.cmd(b"RCPT TO:<dr.martin@medecin.mssante.fr> notify=success,Failure"))[0] == 250
+        assert (await c.cmd(b"RSET"))[0] == 250
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b"> BODY=BINARYMIME"))[1].startswith("555 5.5.4")
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b"> BODY"))[1].startswith("555 5.5.4")
+    await c.close()
