@@ -203,6 +203,13 @@ class HubSMTP(SMTP):
             self._reset_timeout()
         super().data_received(data)
 
+    def _timeout_cb(self) -> None:
+        """smtp.session_timeout of silence: the 421 a server closing the connection answers (RFC 5321 3.8, as
+        Postfix does), then the close; aiosmtpd closed without a word."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.TIMEOUT.encode("ascii") + b"\r\n")
+        super()._timeout_cb()
+
     def _create_session(self):
         return HubSession(self.loop)
 

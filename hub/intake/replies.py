@@ -30,6 +30,7 @@ ADDRESS_CONTROL = "553 {enhanced} Malformed address: control characters are not 
 ADDRESS_NOT_ASCII = "553 5.6.7 Non-ASCII address: MSSanté addresses are ASCII (SMTPUTF8 is not offered)"
 QUOTED_LOCAL_PART = "553 {enhanced} Quoted local part not accepted: MSSanté addresses are dot-atoms (prenom.nom@...)"
 VRFY = "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery"
+TIMEOUT = "421 4.4.2 Timeout exceeded, closing connection"
 TOO_MANY_JUNK = "421 4.7.0 Too many commands without mail, closing connection"
 TOO_MANY_UNKNOWN = "421 4.7.0 Too many unrecognized commands, closing connection"
 BAD_HELO = "501 5.5.4 Syntax: {verb} hostname (no control characters, UTF-8 only)"

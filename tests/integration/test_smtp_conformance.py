@@ -230,3 +230,13 @@ async def test_mail_parameter_values_in_any_case(start_hub, pki):
     assert (await c.cmd(b"MAIL FROM:<" + SENDER + b"> BODY=BINARYMIME"))[1].startswith("555 5.5.4")
     assert (await c.cmd(b"MAIL FROM:<" + SENDER + b"> BODY"))[1].startswith("555 5.5.4")
     await c.close()
+
+
+async def test_a_silent_client_gets_a_421_before_the_close(start_hub, pki):
+    """After smtp.session_timeout of silence the session ends with 421 4.4.2 (RFC 5321 3.8), not with a close
+    without a word."""
+    hub = await start_hub({}, smtp={"session_timeout": 1.0})
+    c = await RawSMTP.open(hub.smtp_port)                 # EHLO, then nothing
+    assert await c.reply() == (421, "421 4.4.2 Timeout exceeded, closing connection")
+    assert await c.reader.read() == b""
+    await c.close()
