@@ -28,6 +28,7 @@ import binascii
 import functools
 import re
 import socket
+import textwrap
 import unicodedata
 from base64 import b64decode, b64encode
 from typing import Any
@@ -50,6 +51,8 @@ _XTEXT_VALUE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")  
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"@([^@]*)')                 # RFC 5321 4.1.2: Quoted-string "@" Domain
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _REPLY_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_ENHANCED_CODE = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}")
+_REPLY_MAX = 510                                   # octets of a reply line before its CRLF (RFC 5321 4.5.3.1.5)
 # the enhanced status code of a reply that has none (aiosmtpd's own), by reply code; else its class's X.0.0
 _ENHANCED = {b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1", b"503": b"5.5.1", b"504": b"5.5.4",
              b"530": b"5.7.0", b"552": b"5.3.4", b"554": b"5.7.0", b"555": b"5.5.4", b"454": b"4.7.0"}
@@ -59,6 +62,21 @@ def _ascii(text: str) -> bytes:
     """A reply in ASCII: accents dropped (`MSSanté` -> `MSSante`), anything else as `?`."""
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).encode(
         "ascii", "replace")
+
+
+def _wrapped(status: bytes) -> bytes:
+    """A reply longer than a reply line may be (RFC 5321 4.5.3.1.5: 512 octets with the CRLF) as a multi-line
+    reply, each line with the code and the enhanced status code (RFC 2034), cut between words where it can."""
+    code, _, text = status.partition(b" ")
+    enhanced, _, rest = text.partition(b" ")
+    if _ENHANCED_CODE.fullmatch(enhanced):
+        text, enhanced = rest, enhanced + b" "
+    else:
+        enhanced = b""
+    lines = textwrap.wrap(text.decode("ascii"), _REPLY_MAX - 4 - len(enhanced), break_on_hyphens=False) or [""]
+    last = len(lines) - 1
+    return b"\r\n".join(code + (b"-" if n < last else b" ") + enhanced + line.encode("ascii")
+                         for n, line in enumerate(lines))
 
 
 def text_problem(text: str) -> str | None:
@@ -235,8 +253,9 @@ class HubSMTP(SMTP):
         `?`), and every 2xx/4xx/5xx reply but the greeting and the HELO/EHLO reply carries an enhanced status code
         (ENHANCEDSTATUSCODES is offered, RFC 2034): aiosmtpd's own replies (`503 Error: send HELO first`,
         `500 Command line too long`, `221 Bye`...) get their class's code. Control characters a reply would quote
-        back from the client go out as `?`; aiosmtpd's `502` before it closes a session sending unknown commands
-        goes out as the `421` a server closing the connection answers (RFC 5321 3.8)."""
+        back from the client go out as `?`; a reply longer than a reply line goes out as a multi-line reply
+        (`_wrapped`); aiosmtpd's `502` before it closes a session sending unknown commands goes out as the `421` a
+        server closing the connection answers (RFC 5321 3.8)."""
         if isinstance(status, str):
             status = status.encode("ascii") if status.isascii() else _ascii(status)
         if _REPLY_CONTROL.search(status):              # client text quoted back (an unknown verb): no CR, no NUL
@@ -248,7 +267,7 @@ class HubSMTP(SMTP):
                 and not self.__dict__.get("_hub_hello"):
             status = b" ".join((status[:3], _ENHANCED.get(status[:3], status[:1] + b".0.0"), status[4:].lstrip()))
         held = self.__dict__.setdefault("_hub_replies", [])
-        held.append(status + b"\r\n")
+        held.append((status if len(status) <= _REPLY_MAX or status[3:4] != b" " else _wrapped(status)) + b"\r\n")
         if status[3:4] == b"-":                      # a continuation line: its reply is not complete yet
             return
         reader = self._reader

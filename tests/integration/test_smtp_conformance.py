@@ -240,3 +240,17 @@ async def test_a_silent_client_gets_a_421_before_the_close(start_hub, pki):
     assert await c.reply() == (421, "421 4.4.2 Timeout exceeded, closing connection")
     assert await c.reader.read() == b""
     await c.close()
+
+
+async def test_no_reply_line_is_longer_than_512_octets(start_hub, pki):
+    """RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF; a longer reply (here one quoting a
+    505-character unknown verb back) goes out as a multi-line reply, each line with its enhanced code."""
+    hub = await start_hub({})
+    c = await raw(hub, pki)
+    code, text = await c.cmd(b"X" * 505)
+    lines = text.split("\n")
+    assert code == 500 and len(lines) > 1 and all(len(line) + 2 <= 512 for line in lines), [len(x) for x in lines]
+    assert all(line.startswith("500-5.5.2 ") for line in lines[:-1]) and lines[-1].startswith("500 5.5.2 ")
+    assert "".join(line[10:] for line in lines).count("X") == 505
+    assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"
+    await c.close()
