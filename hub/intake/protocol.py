@@ -574,10 +574,12 @@ class HubSMTP(SMTP):
             if value is None:
                 return AuthResult(success=False, handled=True)
         try:
-            _, login, password = value.split(b"\x00")
+            authzid, login, password = value.split(b"\x00")
         except ValueError:
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
+        if authzid and authzid != login:         # RFC 4616 2: acting as another identity is not authorised: fail
+            return AuthResult(success=False, handled=False, message=replies.AUTH_OTHER_IDENTITY)
         return await self._hub_auth("PLAIN", login, password)
 
     async def _initial_response(self, arg: str) -> bytes | None:

@@ -2,6 +2,7 @@
 
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_OTHER_IDENTITY = "535 5.7.8 Authentication failed: an account may not act as another (authorization identity)"
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_TOO_MANY = "421 4.7.0 Too many authentication failures from your address, try again later"
 AUTH_TEMP_FAILURE = "454 4.7.0 Temporary authentication failure, try again later"

@@ -254,3 +254,15 @@ async def test_no_reply_line_is_longer_than_512_octets(start_hub, pki):
     assert "".join(line[10:] for line in lines).count("X") == 505
     assert (await c.cmd(b"NOOP"))[1] == "250 2.0.0 OK"
     await c.close()
+
+
+async def test_auth_plain_authorization_identity(start_hub, pki):
+    """RFC 4616 2: an authorization identity other than the login asks to act as another account, which no
+    account may: 535 5.7.8 (it was ignored, the login taken). Empty or the login itself is the usual case."""
+    hub = await start_hub({})
+    c = await RawSMTP.open(hub.smtp_port, pki["ca_file"])
+    other = base64.b64encode(f"other-account\0ch-test\0{PASSWORD}".encode())
+    assert (await c.cmd(b"AUTH PLAIN " + other))[1].startswith("535 5.7.8 Authentication failed")
+    same = base64.b64encode(f"ch-test\0ch-test\0{PASSWORD}".encode())
+    assert (await c.cmd(b"AUTH PLAIN " + same))[1] == "235 2.7.0 Authentication successful"
+    await c.close()
