@@ -30,6 +30,9 @@ async def test_bare_postmaster_is_answered_as_postmaster_at_the_hub_domain(start
 
 
 async def test_bare_postmaster_goes_where_the_hub_domain_goes_and_never_outside(start_hub, peer, conn, pki):
+    """With the hub's domain a local destination, `<Postmaster>` (here behind a source route, which is dropped) is
+    accepted, stored and delivered as postmaster@hub.example.org; another domain's postmaster is still relay
+    denied, and a client without an account gets no transaction at all (a submission service, RFC 6409 4.3)."""
     hub = await start_hub({"medecin.mssante.fr": peer.port_, "hub.example.org": peer.port_},
                           delivery={"local_domains": ["ch-test.example", "hub.example.org"]})
     c = await raw(hub, pki)
