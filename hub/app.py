@@ -111,6 +111,9 @@ class Hub:
         self.watchers = [asyncio.create_task(self.rules.watch(self.pool), name="rules-watch")]
         if self.http_enabled:
             await self._start_http()
+        postmaster = health.postmaster_warning(s, self.trust)
+        if postmaster and self.index == 0:
+            log.warning("postmaster_undeliverable", setting="delivery.local_domains", detail=postmaster)
         log.info("hub_started", process=self.index, smtp=f"{s.smtp.listen}", smtp_port=self.smtp_port,
                  http=self.http_port, trust_domains=len(self.trust))
         return self

@@ -90,6 +90,9 @@ async def healthz(request: web.Request) -> web.Response:
         detail["warnings"] = sample.warnings()
     if getattr(hub, "conformance_warning", None):     # CDAs produced with no ANS check: works, but say so
         detail.setdefault("warnings", []).append(hub.conformance_warning)
+    postmaster = health.postmaster_warning(hub.settings, hub.trust)
+    if postmaster:                                     # works, but RFC 5321 wants postmaster accepted: say so
+        detail.setdefault("warnings", []).append(postmaster)
     if hub.trust.list_id is None:
         detail["trust"] = "no authorised-domains list imported: only local destinations are deliverable"
     detail["status"] = "ok" if status == 200 else "failing"

@@ -1,7 +1,10 @@
 """The SMTP intake as an outside tester with an SMTP client probes it (RFC 5321, 3207, 4954, 2034, 1870, 3461),
 through a running hub and a raw socket client over the test PKI: each reply's code and enhanced status code."""
 
+import asyncio
 import base64
+import json
+import urllib.request
 
 from tests.integration.conftest import PASSWORD
 from tests.support import RawSMTP, wait_for
@@ -14,11 +17,18 @@ async def raw(hub, pki) -> RawSMTP:
     return await RawSMTP.open(hub.smtp_port, pki["ca_file"], user="ch-test", password=PASSWORD)
 
 
+async def health_warnings(hub) -> list[str]:
+    def get():
+        with urllib.request.urlopen(f"http://127.0.0.1:{hub.http_port}/healthz", timeout=10) as r:
+            return json.loads(r.read())
+    return (await asyncio.to_thread(get)).get("warnings", [])
+
+
 async def test_bare_postmaster_is_answered_as_postmaster_at_the_hub_domain(start_hub, peer, pki):
     """RFC 5321 4.5.1: `RCPT TO:<Postmaster>` (no domain) must be supported. It is postmaster@ the first hub domain,
     with that address's answer: here the hub's domain is not a local destination (a route in delivery.transport is
     no permission), so both get the same 550 5.1.1: not the 553 of a malformed address, nor a 250 that delivery
-    would bounce."""
+    would bounce; /healthz says postmaster mail has no destination."""
     hub = await start_hub({"medecin.mssante.fr": peer.port_, "hub.example.org": peer.port_})
     c = await raw(hub, pki)
     assert (await c.cmd(b"MAIL FROM:<" + SENDER + b">"))[0] == 250
@@ -27,6 +37,7 @@ async def test_bare_postmaster_is_answered_as_postmaster_at_the_hub_domain(start
         code, text = await c.cmd(b"RCPT TO:" + rcpt)
         assert (code, text[4:9]) == (550, "5.1.1") and "postmaster@hub.example.org" in text.lower(), (rcpt, text)
     await c.close()
+    assert any(w.startswith("postmaster@hub.example.org has no destination") for w in await health_warnings(hub))
 
 
 async def test_bare_postmaster_goes_where_the_hub_domain_goes_and_never_outside(start_hub, peer, conn, pki):
@@ -50,6 +61,7 @@ async def test_bare_postmaster_goes_where_the_hub_domain_goes_and_never_outside(
     assert (await anonymous.cmd(b"MAIL FROM:<" + SENDER + b">"))[1].startswith("530 5.7.0")
     assert (await anonymous.cmd(b"RCPT TO:<postmaster>"))[1].startswith("503 5.5.1")
     await anonymous.close()
+    assert not any(w.startswith("postmaster@") for w in await health_warnings(hub))
 
 
 async def test_command_lines_are_as_long_as_the_offered_extensions_make_them(start_hub, pki):
