@@ -92,7 +92,7 @@ class Hub:
         make = HubSMTP.factory(self.handler, hostname=s.smtp.hostname, ident="hub ESMTP", tls_context=tls,
                                require_starttls=False, auth_require_tls=True, data_size_limit=s.smtp.max_message_size,
                                enable_SMTPUTF8=True, decode_data=False, timeout=s.smtp.session_timeout,
-                               command_call_limit={"AUTH": 5, "STARTTLS": 2, "NOOP": 100, "*": 10_000_000})
+                               command_call_limit={"AUTH": 5, "STARTTLS": 2, "*": 10_000_000})
 
         def factory():
             obs.SMTP_SESSIONS.inc()
@@ -112,6 +112,9 @@ class Hub:
         self.watchers = [asyncio.create_task(self.rules.watch(self.pool), name="rules-watch")]
         if self.http_enabled:
             await self._start_http()
+        postmaster = health.postmaster_warning(s, self.trust)
+        if postmaster and self.index == 0:
+            log.warning("postmaster_undeliverable", setting="delivery.local_domains", detail=postmaster)
         log.info("hub_started", process=self.index, smtp=f"{s.smtp.listen}", smtp_port=self.smtp_port,
                  http=self.http_port, trust_domains=len(self.trust))
         return self

@@ -1,7 +1,8 @@
 """What /healthz and the sampled metrics say about the hub: a real database probe with a short timeout, and one
 sample of the queue, the trust list, the directory and the audit sealer (taken every few seconds by worker 0).
 
-Settings read: hub.data_dir, database.url (the embedded PostgreSQL's state, written by hub.supervisor).
+Settings read: hub.data_dir, database.url (the embedded PostgreSQL's state, written by hub.supervisor), hub.domains
+(where postmaster mail goes).
 """
 
 from __future__ import annotations
@@ -100,6 +101,16 @@ def export(s: Sample) -> None:
         obs.DIRECTORY_IMPORTED.labels(source).set(s.directory.get(source, 0))
     obs.AUDIT_UNSEALED.set(s.unsealed)
     obs.AUDIT_SEAL_LAG.set(s.seal_lag)
+
+
+def postmaster_warning(settings, trust) -> str | None:
+    """RFC 5321 4.5.1: postmaster must be accepted. `RCPT TO:<Postmaster>` is postmaster at the first hub domain,
+    accepted only when that domain is a destination the hub delivers to (hub.pipeline.Router.deliverable)."""
+    domain = settings.hub.domains[0].lower()
+    if trust.is_trusted(domain) or trust.is_local(domain):
+        return None
+    return (f"postmaster@{domain} has no destination ({domain} is neither in delivery.local_domains nor an "
+            "authorised MSSanté domain): RCPT TO:<postmaster> gets 550 5.1.1 (deploy/README.md, Network)")
 
 
 def embedded_status(settings) -> dict | None:

@@ -9,7 +9,7 @@
     deliver   mutual-TLS SMTP to the next hop, per-recipient outcomes, notifications (hub.delivery.worker)
 
 This module is the intake half: decisions given the facts, with the directory look-up as its only I/O.
-Settings read: hub.domains, directory.unresolved, delivery.local_domains, delivery.transport.
+Settings read: hub.domains, directory.unresolved, delivery.local_domains.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ class Router:
         self.resolver = resolver
         self.rules = rules                       # hub.rules.RulesService or None
         self.detector = detector                 # bytes -> (content, doc_code)
-        self.transport = {d.lower() for d in settings.delivery.transport}
 
     async def refresh(self, pool) -> None:
         await self.trust.maybe_refresh(pool)
@@ -73,8 +72,11 @@ class Router:
         return self.rules.current if self.rules is not None else None
 
     def deliverable(self, address: str) -> bool:
+        """What the delivery stage will deliver (hub.delivery.worker): a trust-space or a local destination. A
+        `delivery.transport` entry is a route, not a permission: a domain with a route only was answered 250 here
+        and then bounced by delivery ("no longer in the MSSanté trust space")."""
         domain = address.rpartition("@")[2].lower()
-        return self.trust.is_trusted(domain) or self.trust.is_local(domain) or domain in self.transport
+        return self.trust.is_trusted(domain) or self.trust.is_local(domain)
 
     async def resolve(self, pool, rcpt: str):
         domain = rcpt.rpartition("@")[2].lower()

@@ -196,6 +196,11 @@ class IntakeHandler:
     async def handle_RCPT(self, server, session, envelope, address, options):
         if self.closing:
             return replies.SHUTTING_DOWN
+        local, at, domain = address.rpartition("@")
+        if not at or (local.lower() == "postmaster" and domain.lower() == self.settings.resolution_domain):
+            # `<Postmaster>` (the protocol lets no other address without a domain through), or the postmaster of the
+            # resolution domain (not a national id): exactly as postmaster@ the first hub domain (RFC 5321 4.5.1)
+            address = f"postmaster@{self.settings.hub.domains[0].lower()}"
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             self.log_refusal("recipient_refused", session, envelope, replies.TOO_MANY_RCPTS,
                              recipient_domain=_domain(address))
@@ -210,8 +215,9 @@ class IntakeHandler:
             obs.SMTP_REPLIES.labels(outcome.reply[:3]).inc()
             self.log_refusal("recipient_refused", session, envelope, outcome.reply, recipient_domain=_domain(address))
             return outcome.reply
-        envelope.hub_recipients.append(outcome.recipient)
-        envelope.rcpt_tos.append(address)
+        envelope.rcpt_tos.append(address)          # counted (smtp.max_recipients) and answered like the first
+        if all(r.address != outcome.recipient.address for r in envelope.hub_recipients):
+            envelope.hub_recipients.append(outcome.recipient)      # a mailbox named twice is delivered once
         return replies.RCPT_OK
 
     async def handle_DATA(self, server, session, envelope):

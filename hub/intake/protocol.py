@@ -1,12 +1,18 @@
-"""The SMTP protocol engine: aiosmtpd's `SMTP` with four changes, none of them policy.
+"""The SMTP protocol engine: aiosmtpd's `SMTP` with these changes, none of them policy.
 
 * DATA is read in large chunks up to the CRLF.CRLF terminator instead of line by line (aiosmtpd's line loop is
   most of a relay's CPU at 100 KB). Only CRLF.CRLF ends the data (no SMTP smuggling with bare LF or CR); bare LF
   line ends are normalised to CRLF so no other MTA downstream can read a different message boundary. Dot-stuffing
   is undone; the size limit is enforced while reading, and the rest is drained before 552 is answered.
 * MAIL and RCPT accept the null sender and the DSN parameters (RFC 3461: RET, ENVID, NOTIFY, ORCPT) besides SIZE
-  and BODY, and hand them to the handler parsed.
-* AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop).
+  and BODY, and hand them to the handler parsed; MAIL takes AUTH= (RFC 4954 5) and drops it. `RCPT TO:<Postmaster>`
+  (no domain) is handed over as `postmaster`. A quoted local part hiding a dot-atom is unquoted (`"a.b"@x` is
+  `a.b@x`); one that needs its quotes is refused. Command lines may be as long as the offered extensions make
+  them (`_CommandLimits`), the same in every session.
+* AUTH PLAIN/LOGIN call an async authenticator on the handler (the slow password hash runs off the loop); `=` is
+  an empty initial response; a mechanism name in any case is taken; AUTH during a mail transaction is 503.
+* HELP answers 214, VRFY 252 without parsing; no reply quotes a control character back. NOOP, VRFY and HELP are
+  limited between two accepted messages (`junk_limit`), not per session.
 * Any 421 reply closes the connection.
 * Envelope text is checked before anything stores or looks it up (`address_problem`, `text_problem`): bytes that
   are not UTF-8 (aiosmtpd hands them over as lone surrogates), NUL and other control characters, non-ASCII
@@ -22,6 +28,7 @@ import binascii
 import functools
 import re
 import socket
+import textwrap
 import unicodedata
 from base64 import b64decode, b64encode
 from typing import Any
@@ -40,6 +47,12 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}|\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
 _ROUTE = re.compile(r"@[^@:,<>\s]+(?:,@[^@:,<>\s]+)*:")          # `@a,@b:` before the mailbox
 _ORCPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;\S+")               # RFC 3461: addr-type ";" xtext, both present
+_XTEXT_VALUE = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")    # RFC 3461 4: xtext
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"@([^@]*)')                 # RFC 5321 4.1.2: Quoted-string "@" Domain
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_REPLY_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_ENHANCED_CODE = re.compile(rb"[245]\.\d{1,3}\.\d{1,3}")
+_REPLY_MAX = 510                                   # octets of a reply line before its CRLF (RFC 5321 4.5.3.1.5)
 # the enhanced status code of a reply that has none (aiosmtpd's own), by reply code; else its class's X.0.0
 _ENHANCED = {b"500": b"5.5.2", b"501": b"5.5.4", b"502": b"5.5.1", b"503": b"5.5.1", b"504": b"5.5.4",
              b"530": b"5.7.0", b"552": b"5.3.4", b"554": b"5.7.0", b"555": b"5.5.4", b"454": b"4.7.0"}
@@ -49,6 +62,21 @@ def _ascii(text: str) -> bytes:
     """A reply in ASCII: accents dropped (`MSSanté` -> `MSSante`), anything else as `?`."""
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).encode(
         "ascii", "replace")
+
+
+def _wrapped(status: bytes) -> bytes:
+    """A reply longer than a reply line may be (RFC 5321 4.5.3.1.5: 512 octets with the CRLF) as a multi-line
+    reply, each line with the code and the enhanced status code (RFC 2034), cut between words where it can."""
+    code, _, text = status.partition(b" ")
+    enhanced, _, rest = text.partition(b" ")
+    if _ENHANCED_CODE.fullmatch(enhanced):
+        text, enhanced = rest, enhanced + b" "
+    else:
+        enhanced = b""
+    lines = textwrap.wrap(text.decode("ascii"), _REPLY_MAX - 4 - len(enhanced), break_on_hyphens=False) or [""]
+    last = len(lines) - 1
+    return b"\r\n".join(code + (b"-" if n < last else b" ") + enhanced + line.encode("ascii")
+                         for n, line in enumerate(lines))
 
 
 def text_problem(text: str) -> str | None:
@@ -87,10 +115,23 @@ def address_problem(address: str, *, sender: bool) -> str | None:
         return replies.ADDRESS_CONTROL.format(enhanced=enhanced)
     if not address.isascii():
         return replies.ADDRESS_NOT_ASCII
+    if address.startswith('"'):
+        return replies.QUOTED_LOCAL_PART.format(enhanced=enhanced)
     local, at, domain = address.rpartition("@")
-    if not at or not local or " " in address or len(address) > 320 or not _DOMAIN.fullmatch(domain):
+    if not at or not local or " " in address or '"' in address or len(address) > 320 \
+            or not _DOMAIN.fullmatch(domain):
         return replies.MALFORMED_SENDER if sender else replies.MALFORMED_ADDRESS
     return None
+
+
+def unquoted(address: str) -> str:
+    """`"dr.martin"@x` is `dr.martin@x` (RFC 5321 4.1.2: the quotes, and quoted pairs, hide a dot-atom): one form
+    for the directory, the rules and the next hop. A local part that needs its quotes stays quoted (refused)."""
+    m = _QUOTED.fullmatch(address)
+    if m is None:
+        return address
+    local = re.sub(r"\\(.)", r"\1", m.group(1))
+    return f"{local}@{m.group(2)}" if _DOT_ATOM.fullmatch(local) else address
 
 
 def xtext_decode(value: str) -> str:
@@ -114,8 +155,31 @@ class HubSession(Session):
     login_data = None
 
 
+class _CommandLimits(dict):
+    """The longest command line taken, by verb (octets before the CRLF; a longer one gets `500 5.5.2`): RFC 5321's
+    512 (4.5.3.1.4), MAIL and RCPT lengthened by the parameters the EHLO reply offers (RFC 1870 SIZE: 26, BODY=: 14,
+    RFC 3461 DSN: 100 on MAIL and 500 on RCPT, RFC 4954 AUTH=: 500). The same for every session: aiosmtpd's limits
+    are one dict shared by every connection, emptied by each new one and raised at each EHLO (its `+= 26` is a no-op
+    here), so whether a MAIL line was too long depended on the other sessions."""
+
+    def __missing__(self, verb: str) -> int:
+        return 512
+
+    def __setitem__(self, verb: str, value: int) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
 class HubSMTP(SMTP):
     read_chunk_limit = 256 * 1024
+    command_size_limits = _CommandLimits(MAIL=512 + 26 + 14 + 100 + 500, RCPT=512 + 500)
+    line_length_limit = 2048                       # what the reader takes before "too long" (commands, AUTH lines)
+    # AUTH LOGIN's challenges as every server sends them ([MS-XLOGIN]: clients may check them); aiosmtpd's own are
+    # "User Name\0" and "Password\0"
+    AuthLoginUsernameChallenge = "Username:"
+    AuthLoginPasswordChallenge = "Password:"
 
     @classmethod
     def factory(cls, handler, **kwargs):
@@ -157,6 +221,13 @@ class HubSMTP(SMTP):
             self._reset_timeout()
         super().data_received(data)
 
+    def _timeout_cb(self) -> None:
+        """smtp.session_timeout of silence: the 421 a server closing the connection answers (RFC 5321 3.8, as
+        Postfix does), then the close; aiosmtpd closed without a word."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(replies.TIMEOUT.encode("ascii") + b"\r\n")
+        super()._timeout_cb()
+
     def _create_session(self):
         return HubSession(self.loop)
 
@@ -181,15 +252,22 @@ class HubSMTP(SMTP):
         Every reply is ASCII (SMTPUTF8 is not offered: `é` goes out as `e`, undecodable client bytes quoted back as
         `?`), and every 2xx/4xx/5xx reply but the greeting and the HELO/EHLO reply carries an enhanced status code
         (ENHANCEDSTATUSCODES is offered, RFC 2034): aiosmtpd's own replies (`503 Error: send HELO first`,
-        `500 Command line too long`, `221 Bye`...) get their class's code."""
+        `500 Command line too long`, `221 Bye`...) get their class's code. Control characters a reply would quote
+        back from the client go out as `?`; a reply longer than a reply line goes out as a multi-line reply
+        (`_wrapped`); aiosmtpd's `502` before it closes a session sending unknown commands goes out as the `421` a
+        server closing the connection answers (RFC 5321 3.8)."""
         if isinstance(status, str):
             status = status.encode("ascii") if status.isascii() else _ascii(status)
+        if _REPLY_CONTROL.search(status):              # client text quoted back (an unknown verb): no CR, no NUL
+            status = _REPLY_CONTROL.sub(b"?", status)
+        if status.startswith(b"502 5.5.1 Too many unrecognized"):     # aiosmtpd's, then it closes: that is a 421
+            status = replies.TOO_MANY_UNKNOWN.encode("ascii")
         first = "_hub_replies" not in self.__dict__
         if status[:1] in b"245" and not (status[5:6] == b"." and status[4:5] in b"245") and not first \
                 and not self.__dict__.get("_hub_hello"):
             status = b" ".join((status[:3], _ENHANCED.get(status[:3], status[:1] + b".0.0"), status[4:].lstrip()))
         held = self.__dict__.setdefault("_hub_replies", [])
-        held.append(status + b"\r\n")
+        held.append((status if len(status) <= _REPLY_MAX or status[3:4] != b" " else _wrapped(status)) + b"\r\n")
         if status[3:4] == b"-":                      # a continuation line: its reply is not complete yet
             return
         reader = self._reader
@@ -231,6 +309,57 @@ class HubSMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    # ---- commands that move no mail -----------------------------------------------------------------------------
+    junk_limit = 100               # NOOP, VRFY, HELP between two accepted messages (as Postfix's junk limit)
+    _hub_junk = 0
+
+    async def _junk(self) -> bool:
+        """Whether this command is one too many (then answered 421 and closed). The count starts again at each
+        accepted message: a client keeping its session alive with a NOOP between messages is never cut (a
+        limit per session cut it after its 100th NOOP, however much mail it sent)."""
+        self._hub_junk += 1
+        if self._hub_junk <= self.junk_limit:
+            return False
+        await self.push(replies.TOO_MANY_JUNK)
+        return True
+
+    @functools.wraps(SMTP.smtp_NOOP)
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    @functools.wraps(SMTP.smtp_HELP)
+    async def smtp_HELP(self, arg: str) -> None:
+        """214 (RFC 5321 4.1.1.8; aiosmtpd answers 250), 504 for a topic it has no help on."""
+        if await self._junk():
+            return
+        help_for = self._smtp_methods.get(arg.upper()) if arg else None
+        if help_for is not None and self._syntax_available(help_for):
+            syntax = help_for.__smtp_syntax__ + ((help_for.__smtp_syntax_extended__ or "")
+                                                  if self.session.extended_smtp else "")
+            await self.push("214 2.0.0 Syntax: " + syntax)
+            return
+        commands = " ".join(sorted(n for n, m in self._smtp_methods.items() if self._syntax_available(m)))
+        await self.push(("504 5.5.4 No help on that; commands: " if arg else "214 2.0.0 Commands: ") + commands)
+
+    @functools.wraps(SMTP.smtp_VRFY)
+    async def smtp_VRFY(self, arg: str) -> None:
+        """252 for any argument (RFC 5321 3.5.3: nothing is verified); aiosmtpd answered an address it could not
+        parse `502` (not implemented) with the argument quoted back."""
+        if await self._junk():
+            return
+        await self.push(replies.VRFY if arg else "501 5.5.4 Syntax: VRFY <address>")
+
+    @functools.wraps(SMTP.smtp_AUTH)
+    async def smtp_AUTH(self, arg: str) -> None:
+        if getattr(self.envelope, "hub_mail_started", False):      # RFC 4954 4: not during a mail transaction
+            await self.push("503 5.5.1 AUTH is not permitted during a mail transaction")
+            return
+        if arg:                                    # RFC 4954 7: `AUTH plain` is `AUTH PLAIN` (aiosmtpd: 504)
+            mechanism, space, response = arg.partition(" ")
+            arg = mechanism.upper() + space + response
+        await super().smtp_AUTH(arg)
+
     # ---- MAIL / RCPT -------------------------------------------------------------------------------------------
     def _split_path(self, arg: str | None, keyword: str) -> tuple[str, str] | None:
         if arg is None:
@@ -243,7 +372,7 @@ class HubSMTP(SMTP):
             return None
         address = m.group(1).strip()
         route = _ROUTE.match(address)             # RFC 5321 4.1.1.3: a source route is ignored, never relayed
-        return (address[route.end():] if route else address), m.group(2)
+        return unquoted(address[route.end():] if route else address), m.group(2)
 
     @functools.wraps(SMTP.smtp_MAIL)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -263,12 +392,15 @@ class HubSMTP(SMTP):
         if getattr(self.envelope, "hub_mail_started", False):
             await self.push(replies.NESTED_MAIL)
             return
-        params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)
+        params = parse_params(rest)
         if params is None:
             await self.push(replies.BAD_SYNTAX_MAIL)
             return
+        if params and not self.session.extended_smtp:     # after HELO no parameter is offered (RFC 5321 4.1.1.11)
+            await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
+            return
         body = params.pop("BODY", "7BIT")
-        if body not in ("7BIT", "8BITMIME"):
+        if not isinstance(body, str) or body.upper() not in ("7BIT", "8BITMIME"):     # any case (RFC 6152, ABNF)
             await self.push(replies.BAD_PARAM.format(name="BODY"))
             return
         size = params.pop("SIZE", None)
@@ -283,6 +415,11 @@ class HubSMTP(SMTP):
         ret = params.pop("RET", None)
         if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
             await self.push(replies.BAD_PARAM.format(name="RET"))
+            return
+        auth = params.pop("AUTH", None)               # RFC 4954 5: taken (the server must), trusted for nothing
+        if auth is not None and (not isinstance(auth, str) or len(auth) > 500 or not _XTEXT_VALUE.fullmatch(auth)
+                                 or text_problem(xtext_decode(auth))):
+            await self.push(replies.BAD_PARAM.format(name="AUTH"))
             return
         envid = params.pop("ENVID", None)
         if envid is not None and (not isinstance(envid, str) or len(envid) > 100 or text_problem(envid)
@@ -315,13 +452,19 @@ class HubSMTP(SMTP):
             await self.push(replies.BAD_SYNTAX_RCPT)
             return
         address, rest = split
-        refusal = address_problem(address, sender=False) if address else replies.MALFORMED_ADDRESS
+        if address.lower() == "postmaster":             # RFC 5321 4.1.1.3: `<Postmaster>`, no domain, any case
+            refusal = None                               # (the handler says which postmaster it is)
+        else:
+            refusal = address_problem(address, sender=False) if address else replies.MALFORMED_ADDRESS
         if refusal:
             await self.push(refusal)
             return
-        params = parse_params(rest) if self.session.extended_smtp else ({} if not rest else None)
+        params = parse_params(rest)
         if params is None:
             await self.push(replies.BAD_SYNTAX_RCPT)
+            return
+        if params and not self.session.extended_smtp:     # after HELO no parameter is offered (RFC 5321 4.1.1.11)
+            await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
             return
         notify = params.pop("NOTIFY", None)
         if notify is not None:
@@ -413,6 +556,8 @@ class HubSMTP(SMTP):
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
+        if status is MISSING or status.startswith("250"):
+            self._hub_junk = 0
         await self.push("250 OK" if status is MISSING else status)
 
     # ---- AUTH --------------------------------------------------------------------------------------------------
@@ -425,17 +570,27 @@ class HubSMTP(SMTP):
             if value is MISSING:
                 return AuthResult(success=False)
         else:
-            try:
-                value = b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push("501 5.5.2 Can't decode base64")
+            value = await self._initial_response(args[1])
+            if value is None:
                 return AuthResult(success=False, handled=True)
         try:
-            _, login, password = value.split(b"\x00")
+            authzid, login, password = value.split(b"\x00")
         except ValueError:
             await self.push("501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
+        if authzid and authzid != login:         # RFC 4616 2: acting as another identity is not authorised: fail
+            return AuthResult(success=False, handled=False, message=replies.AUTH_OTHER_IDENTITY)
         return await self._hub_auth("PLAIN", login, password)
+
+    async def _initial_response(self, arg: str) -> bytes | None:
+        """The AUTH command's initial response, decoded: `=` is an empty one (RFC 4954 4). None once refused."""
+        if arg == "=":
+            return b""
+        try:
+            return b64decode(arg.encode(), validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Can't decode base64")
+            return None
 
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
                              log_client_response: bool = False) -> Any:
@@ -473,10 +628,8 @@ class HubSMTP(SMTP):
             if login is MISSING:
                 return AuthResult(success=False)
         else:
-            try:
-                login = b64decode(args[1].encode(), validate=True)
-            except (binascii.Error, ValueError):
-                await self.push("501 5.5.2 Can't decode base64")
+            login = await self._initial_response(args[1])
+            if login is None:
                 return AuthResult(success=False, handled=True)
         password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
         if password is MISSING:
@@ -515,7 +668,6 @@ class _Template:
         proto._smtp_methods = {cmd: getattr(proto, name) for cmd, name in self.smtp_methods.items()}
         proto._auth_methods = {k: (a if name is None else type(a)(getattr(proto, name), True))
                                for k, (name, a) in self.auth.items()}
-        proto.command_size_limits.clear()          # as SMTP.__init__ does
         return proto
 
 

@@ -92,6 +92,9 @@ async def healthz(request: web.Request) -> web.Response:
         detail.setdefault("warnings", []).append(hub.conformance_warning)
     if getattr(hub, "senders_warning", None):         # a sender profile that names no account
         detail.setdefault("warnings", []).append(hub.senders_warning)
+    postmaster = health.postmaster_warning(hub.settings, hub.trust)
+    if postmaster:                                     # works, but RFC 5321 wants postmaster accepted: say so
+        detail.setdefault("warnings", []).append(postmaster)
     if hub.trust.list_id is None:
         detail["trust"] = "no authorised-domains list imported: only local destinations are deliverable"
     detail["status"] = "ok" if status == 200 else "failing"
