@@ -3,7 +3,9 @@ FR-Document-PDF-copie section in every report).
 
 Rendered with ReportLab (`reportlab`, the PDF library; no PDF syntax written here) from the structured `LabReport`:
 laboratory, patient (names, birth date, sex, INS), prescriber, dates, every result with its value, unit, second
-value, reference range and flag, comments, and who validated it. A4, Helvetica, as many pages as the results need
+value, reference range and flags (a preliminary one "provisoire", one to come "en cours", a cancelled one "non
+réalisé", a withdrawn one "annulé par le laboratoire" without its value; "Compte rendu partiel" under the title when
+the report is), comments, and who validated it. A4, Helvetica, as many pages as the results need
 (numbered). ReportLab's open-source edition does not write PDF/A (that needs embedded fonts and an output intent,
 only in its commercial edition), so this is a plain PDF 1.4; the text is what the CDA says, so the GP's software
 shows the same report whether it reads the structured entries or the copy.
@@ -20,7 +22,8 @@ from reportlab import rl_config
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
-from hub.transform.model import LabReport, Patient
+from hub.transform.build.cda_bio import PARTIAL_NOTE, in_entries, shown_value
+from hub.transform.model import CANCELLED, NOT_ASKED, LabReport, Patient
 
 rl_config.useA85 = 0          # binary Flate streams: smaller, and no ASCII85 pass (only the hub uses ReportLab)
 TITLE = "Compte rendu d'examens biologiques"
@@ -105,6 +108,8 @@ def render_report(report: LabReport) -> bytes:
     page = _Page(c)
     s = report.sender
     page.line(TITLE, bold=True, size=13)
+    if report.partial:
+        page.line(PARTIAL_NOTE, bold=True)
     page.line(" ".join(x for x in (s.org_name, f"(FINESS {s.org_finess})" if s.org_finess else "") if x), bold=True)
     for a in s.addr:
         page.line(a)
@@ -123,15 +128,20 @@ def render_report(report: LabReport) -> bytes:
     page.line("Analyse", "Résultat", "Valeurs de référence", "", bold=True)
     battery = 0
     for res in report.results:
+        if res.state == NOT_ASKED:
+            continue
         if res.battery != battery and 0 < res.battery <= len(report.batteries):
             b = report.batteries[res.battery - 1]
             if b.label or b.loinc_label:
                 page.line((b.label or b.loinc_label).upper(), bold=True)
         battery = res.battery
-        value = " ".join(x for x in (res.value, res.unit) if x)
-        page.line(res.label or res.loinc_label or res.local_code, value, res.range_display,
-                  FLAGS.get(res.flag.upper(), res.flag))
-        if res.value2:
+        shown, note = shown_value(res)
+        full = in_entries(res) and res.state != CANCELLED
+        value = " ".join(x for x in (shown, res.unit if full else "") if x)
+        flags = [FLAGS.get(f.upper(), f) for f in res.flags] if full else []
+        page.line(res.label or res.loinc_label or res.local_code, value or note, res.range_display,
+                  ", ".join(x for x in (*flags, note if value else "") if x))
+        if res.value2 and full:
             second = " ".join(x for x in (res.value2, res.unit2) if x)
             rng = f"{res.range2_low} - {res.range2_high}" if res.range2_low and res.range2_high else ""
             page.line("", second, rng)

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, replace
 
 from hub.errors import ParseError
-from hub.transform.model import (INS_OIDS, Battery, LabReport, Party, Patient, Result, birth_given_names,
-                                 is_loinc_system, is_nir)
+from hub.transform.model import (INS_OIDS, REQUEST_STATES, RESULT_STATES, Battery, LabReport, Party, Patient,
+                                 Result, birth_given_names, is_loinc_system, is_nir)
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, is_decimal, norm_ts, parse_range
 
@@ -230,7 +230,7 @@ def read_lab_oru(msg: Er7) -> LabReport:
     counts: list[int] = []
     for seg in msg.segments:
         if seg.name == "OBR":
-            batteries.append(_battery(msg, seg))
+            batteries.append(replace(_battery(msg, seg), status=_request_status(seg)))
             counts.append(0)
         elif seg.name == "OBX":
             if not counts:
@@ -269,6 +269,16 @@ def read_lab_oru(msg: Er7) -> LabReport:
                      source="hl7_oru", batteries=tuple(batteries))
 
 
+def _request_status(obr: Segment) -> str:
+    """OBR-25 (result status of the request, HL7 table 0123): a value the hub does not know is refused, never read
+    as final."""
+    status = obr.get(25).strip().upper()
+    if status not in REQUEST_STATES:
+        raise ParseError(f"OBR-25 (result status) {status[:3]!r} is not a status of HL7 table 0123 "
+                         "(F, C, P, A, I, S, O, R, X)", where=obr.where(25))
+    return status
+
+
 def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     kind = seg.get(2) or "ST"
     if kind == "ED":
@@ -280,6 +290,9 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     if not status:
         raise ParseError("OBX-11 (result status, required) is empty: the message is incomplete (cut in transit?)",
                          where=seg.where(11))
+    if status not in RESULT_STATES:
+        raise ParseError(f"OBX-11 (result status) {status[:3]!r} is not a status of HL7 table 0085 "
+                         "(F, C, U, P, R, S, I, O, X, D, W, N)", where=seg.where(11))
     reps = msg.reps(seg.get(5))               # OBX-5 may repeat (two organisms, the lines of a TX): keep them all
     value = ("\n" if kind in ("TX", "FT") else ", ").join(msg.unescape(r) for r in reps)
     if kind in ("CE", "CWE"):
@@ -306,9 +319,16 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     return Result(local_code=local, label=label, code_system=system or "L", loinc=loinc, loinc_label=loinc_label,
                   value=decimal(value) if kind in ("NM", "SN") and is_decimal(value) else value, value_type=kind,
                   unit=(unit[0] or unit[1]).strip(), range_low=low, range_high=high, range_low_open=low_open,
-                  range_high_open=high_open, range_text=range_text, flag=msg.comps(seg.get(8))[0], status=status,
+                  range_high_open=high_open, range_text=range_text, flags=_flags(msg, seg), status=status,
                   observed_at=norm_ts(seg.get(14), seg.where(14)), analysed_at=norm_ts(seg.get(19), seg.where(19)),
                   battery=battery, observer=observer)
+
+
+def _flags(msg: Er7, seg: Segment) -> tuple[str, ...]:
+    """OBX-8 repeats (`H~A`: high, and abnormal): every flag, in order, each once (a flag written as components,
+    `H^A`, is read the same: none is dropped)."""
+    flags = (c.strip() for rep in msg.reps(seg.get(8)) for c in msg.comps(rep))
+    return tuple(dict.fromkeys(f for f in flags if f))
 
 
 def _sn(msg: Er7, seg: Segment) -> str:
