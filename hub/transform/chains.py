@@ -23,7 +23,7 @@ from hub.transform.build.cda import finish, n1_frame
 from hub.transform.build.cda_bio import CHAPTERS, INTERPRETATION, build_cr_bio_n3, in_entries
 from hub.transform.build.pdf_report import render_report
 from hub.transform.build.xdm import build_xdm, read_xdm
-from hub.transform.model import NOT_ASKED, WITHDRAWN, LabReport
+from hub.transform.model import FINAL, NOT_ASKED, PRELIMINARY, WITHDRAWN, LabReport
 from hub.transform.parse import metadata as md
 from hub.transform.parse.cda_info import CdaInfo, read_cda
 from hub.transform.parse.cisis import build_ack, read_cisis
@@ -169,9 +169,11 @@ def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: b
             warnings.append(f"result {code!r} has status {res.status!r} ("
                             + ("deleted or posted in error" if res.state == WITHDRAWN else "not asked")
                             + "): not sent as a result")
+        elif res.state in (FINAL, PRELIMINARY) and not res.value.strip():
+            warnings.append(f"result {code!r} has no value: written in the narrative only")
     if not any(in_entries(r) for r in report.results):
-        raise ParseError("the report has no result to file: every result is still to come, withdrawn or a file "
-                         "reference", where=_RESULT_STATUS.get(report.source, "result status"))
+        raise ParseError("the report has no result to file: every result is still to come, withdrawn, without a "
+                         "value or a file reference", where=_RESULT_STATUS.get(report.source, "result status"))
     if report.partial:
         warnings.append("partial report (a request or a result not final): sent as a partial report (active)")
     if not report.patient.ins_oid:

@@ -130,8 +130,11 @@ def in_entries(res: Result) -> bool:
     """A result written as a structured observation: it has a value (final or preliminary: CR-BIO allows only
     `completed` or `aborted` on an observation, so a preliminary result is `completed` inside an `active` battery),
     or it was cancelled (`aborted`: the result will never come). A result to come, one deleted or posted in error,
-    one not asked and an HPRIM file reference (FIC) are no observation: the narrative says what they are."""
-    return not res.file_reference and res.state in (FINAL, PRELIMINARY, CANCELLED)
+    one not asked, an HPRIM file reference (FIC) and a line without any value (a title such as `Formule
+    leucocytaire`) are no observation: the narrative says what they are."""
+    if res.file_reference:
+        return False
+    return res.state == CANCELLED or (res.state in (FINAL, PRELIMINARY) and bool(res.value.strip()))
 
 
 def _observation(res: Result, n: int, when: str, local_system: str, tz: tzinfo, lab: Party, vs: ValueSets,
@@ -215,6 +218,12 @@ def shown_value(res: Result) -> tuple[str, str]:
     return res.value, STATE_NOTES.get(res.state, "")
 
 
+def _lines(text: str) -> str:
+    """Text for the narrative with its line breaks kept (a TX / FT result, an NTE with `\\.br\\`): in the CDA
+    narrative, only `<br/>` breaks a line."""
+    return "<br/>".join(x(line) for line in text.split("\n"))
+
+
 def _narrative(report: LabReport) -> str:
     rows = []
     battery = 0
@@ -228,9 +237,10 @@ def _narrative(report: LabReport) -> str:
                             "</content></td></tr>")
         battery = res.battery
         value, note = shown_value(res)
-        notes = "".join(f'<br/><content ID="res-{n}-c{k}">{x(c)}</content>' for k, c in enumerate(res.comments, 1))
+        notes = "".join(f'<br/><content ID="res-{n}-c{k}">{_lines(c)}</content>'
+                        for k, c in enumerate(res.comments, 1))
         state = f'<content styleCode="Italics">{x(note)}</content>' if note else ""
-        cell = x(value) + ("<br/>" if value and state else "") + state
+        cell = _lines(value) + ("<br/>" if value and state else "") + state
         full = in_entries(res) and res.state != CANCELLED
         second = f"<br/>{x(res.value2)} {x(res.unit2)}" if res.value2 and full else ""
         rng2 = (f"<br/>{x(res.range2_low)} - {x(res.range2_high)}" if res.range2_low and res.range2_high else "")
@@ -248,7 +258,7 @@ def _narrative(report: LabReport) -> str:
 def _comments_section(report: LabReport, root: str, ext: str) -> str:
     if not report.comments:
         return ""
-    text = "".join(f"<paragraph>{x(c)}</paragraph>" for c in report.comments)
+    text = "".join(f"<paragraph>{_lines(c)}</paragraph>" for c in report.comments)
     return ('<component><section><templateId root="2.16.840.1.113883.10.12.201"/>'
             '<templateId root="1.3.6.1.4.1.19376.1.4.1.2.16"/>'
             f'<id root="{x(root)}.8" extension="{x(ext)}"/>'

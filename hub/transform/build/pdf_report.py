@@ -20,6 +20,7 @@ import io
 
 from reportlab import rl_config
 from reportlab.lib.pagesizes import A4
+from reportlab.lib.utils import simpleSplit
 from reportlab.pdfgen import canvas
 
 from hub.transform.build.cda_bio import PARTIAL_NOTE, in_entries, shown_value
@@ -31,14 +32,26 @@ SEX = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
 FLAGS = {"L": "bas", "H": "haut", "LL": "critique bas", "HH": "critique haut", "A": "anormal",
          "AA": "critique anormal", "N": ""}
 _WIDTH, _HEIGHT = A4
-_LEFT, _TOP, _BOTTOM = 42, _HEIGHT - 48, 54
+_LEFT, _RIGHT, _TOP, _BOTTOM = 42, _WIDTH - 42, _HEIGHT - 48, 54
 _LINE = 12.5
-_COLUMNS = (_LEFT, 250, 380, 500)          # analyte, result, reference, flag
+_GUTTER = 6                                # between two columns
+_COLUMNS = (_LEFT, 235, 355, 465)          # analyte, result, reference, flags
 
 
 def _latin(text: str) -> str:
     """Helvetica (a standard PDF font) covers Windows-1252: anything else shows as '?'."""
     return text.encode("cp1252", "replace").decode("cp1252")
+
+
+def _wrap(text: str, font: tuple[str, float], width: float) -> list[str]:
+    """The lines of `text` (its own line breaks, then words) that fit in `width` points."""
+    out: list[str] = []
+    for part in text.split("\n"):
+        if len(part) * font[1] * 1.02 <= width:     # no Helvetica glyph is wider than 1.02 em: fits, unmeasured
+            out.append(part)
+        else:
+            out.extend(simpleSplit(part, font[0], font[1], width) or [""])
+    return out
 
 
 def _date(value: str) -> str:
@@ -61,21 +74,28 @@ class _Page:
         self.font: tuple[str, float] | None = None
 
     def line(self, *cells: str, bold: bool = False, size: float = 9) -> None:
-        if self.y < _BOTTOM:
-            self.flush(last=False)
-            self.c.showPage()
-            self.number += 1
-            self.y = _TOP
-            self._begin()
+        """One row: each cell in its column, wrapped to the column's width (and at its own line breaks) over as
+        many lines as it needs: nothing the laboratory wrote is cut."""
         font = ("Helvetica-Bold" if bold else "Helvetica", size)
-        if font != self.font:               # a font operator only where the font changes
-            self.text.setFont(*font)
-            self.font = font
-        for x, cell in zip(_COLUMNS, cells):
-            if cell:                        # each cell placed by its origin: textLine, which measures no width
-                self.text.setTextOrigin(x, self.y)
-                self.text.textLine(_latin(cell)[:96 if x == _LEFT and len(cells) == 1 else 44])
-        self.y -= _LINE if size <= 9 else _LINE + 4
+        xs = (_LEFT,) if len(cells) == 1 else _COLUMNS
+        bounds = (*xs[1:], _RIGHT + _GUTTER)
+        wrapped = [_wrap(_latin(cell), font, right - left - _GUTTER) if cell else []
+                   for left, right, cell in zip(xs, bounds, cells)]
+        for k in range(max(map(len, wrapped), default=0) or 1):
+            if self.y < _BOTTOM:
+                self.flush(last=False)
+                self.c.showPage()
+                self.number += 1
+                self.y = _TOP
+                self._begin()
+            if font != self.font:               # a font operator only where the font changes
+                self.text.setFont(*font)
+                self.font = font
+            for x, lines in zip(xs, wrapped):
+                if k < len(lines) and lines[k]:  # each cell placed by its origin: textLine measures no width
+                    self.text.setTextOrigin(x, self.y)
+                    self.text.textLine(lines[k])
+            self.y -= _LINE if size <= 9 else _LINE + 4
 
     def gap(self, n: float = 0.5) -> None:
         self.y -= _LINE * n

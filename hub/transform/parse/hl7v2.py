@@ -102,10 +102,23 @@ class Er7:
         return c + [""] * (n - len(c))
 
 
+_LATIN9 = frozenset({"8859/15", "ISO-8859-15", "ISO8859-15", "LATIN-9"})
+
+
+def _declared_charset(data: bytes) -> str:
+    """MSH-18 (character set, HL7 table 0211) read from the raw MSH (its first field is ASCII): 'iso-8859-15' when
+    it names Latin-9, else '' (UTF-8 is recognised by decoding, `8859/1` is the default)."""
+    msh = _SEGMENTS.split(data[:4096].decode("ascii", "replace"), 1)[0].lstrip("\x0b")
+    if not msh.startswith("MSH") or len(msh) < 4:
+        return ""
+    fields = msh.split(msh[3])
+    return "iso-8859-15" if len(fields) > 17 and fields[17].strip().upper() in _LATIN9 else ""
+
+
 def parse_er7(data: bytes) -> Er7:
     if not isinstance(data, (bytes, bytearray)):
         raise ParseError("HL7 v2: expected bytes")
-    text = decode_text(bytes(data), "HL7 v2").lstrip("\x0b").rstrip("\x1c\r\n")
+    text = decode_text(bytes(data), "HL7 v2", _declared_charset(bytes(data))).lstrip("\x0b").rstrip("\x1c\r\n")
     if not text.startswith("MSH") or len(text) < 8:
         raise ParseError("HL7 v2: message must start with MSH and its encoding characters", where="line 1")
     fs = text[3]

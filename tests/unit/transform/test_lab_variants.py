@@ -1,0 +1,61 @@
+"""Lab files as a new laboratory writes them (QA as a new sender, laboratory "Kappa" and the corpus labs): long and
+multi-line texts, character sets, results without a value, battery comments, structured numeric values. Each test
+is a defect the variant showed and fails on the code before its fix; every document produced here passes the CDA
+schema and the ANS schematrons with no failed assertion (`convert` uses the `conformant` registry)."""
+
+from __future__ import annotations
+
+from tx_support import NS, convert, kappa, narrative, pdf_copy
+
+from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru
+
+LONG = ("Valeur confirmée sur un second prélèvement ; à interpréter en fonction du traitement anticoagulant en cours "
+        "et de la fonction rénale du patient (contrôle conseillé sous 48 heures).")
+
+
+def _with(data: bytes, before: bytes, *segments: str) -> bytes:
+    """`segments` inserted before the first occurrence of `before`."""
+    return data.replace(before, "\r".join(segments).encode("utf-8") + b"\r" + before, 1)
+
+
+def test_long_and_multi_line_texts_reach_the_pdf_copy_whole_and_the_narrative_line_by_line(conformant):
+    """A comment longer than a PDF line was cut at 96 characters (a value at 44) in the hub's PDF copy, and the
+    lines of a TX result (OBX-5 repeats, `\\.br\\`) ran into one line, in the narrative (a newline is no line break
+    in a CDA narrative) and in the PDF (where the line break was drawn as a glyph across the next column)."""
+    data = _with(kappa(), b"OBR|2|", f"NTE|1|L|{LONG}",
+                 "OBX|3|TX|8251-1^Conclusion^LN||Absence de germe~Leucocytes < 10/mm3\\.br\\Hématies < 10/mm3||||||F")
+    root, _ = convert(conformant, data)
+    pdf = pdf_copy(root)
+    words = [w.replace("(", "\\(").replace(")", "\\)") for w in LONG.split() if w.isascii()]  # (é is \351 there)
+    assert all(w in pdf for w in words) and "heures\\)." in pdf          # every word, the last ones too
+    assert "(Absence de germe) Tj" in pdf and "(Leucocytes < 10/mm3) Tj" in pdf and "(H\\351maties < 10/mm3) Tj" in pdf
+    [cell] = [td for td in root.iterfind(".//h:section/h:component/h:section/h:text//h:td", NS)
+              if (td.text or "").startswith("Absence de germe")]
+    assert [cell.text] + [br.tail for br in cell.iterfind("h:br", NS)] == [
+        "Absence de germe", "Leucocytes < 10/mm3", "Hématies < 10/mm3"]
+    assert LONG in narrative(root)
+
+
+def test_a_message_declaring_latin_9_is_read_as_latin_9():
+    """MSH-18 `8859/15` (ISO-8859-15, the Latin-1 with œ and €): `œdème` was read `½dème`, `5 €` `5 ¤`."""
+    oru = ("MSH|^~\\&|SIL-K|LABK|HUB|REGION|20250402101500||ORU^R01|K-2|P|2.5|||||FRA|8859/15\r"
+           "PID|1||IPK-2^^^LABK^PI||LEFEBVRE-ESSAI^CAMILLE^^^^^L||19950714|F\r"
+           "OBR|1|C1|L1|IONO^Ionogramme^L|||20250402070000\r"
+           "NTE|1|L|Patiente sous diurétique (œdèmes) ; facturation 5 €\r"
+           "OBX|1|ST|K^Potassium^L||Non rendu : sœur du prélèvement hémolysée||||||F\r").encode("iso-8859-15")
+    report = read_lab_oru(parse_er7(oru))
+    assert report.comments == ("Patiente sous diurétique (œdèmes) ; facturation 5 €",)
+    assert report.results[0].value == "Non rendu : sœur du prélèvement hémolysée"
+    assert read_lab_oru(parse_er7(oru.replace(b"8859/15", b"8859/1"))).comments[0].endswith("5 ¤")  # as declared
+
+
+def test_a_line_without_any_value_is_no_result(conformant):
+    """An OBX with no value (a title line `Formule leucocytaire`, or a value not given) went out as an observation
+    whose value was empty, or the unit alone (`G/L`) with its reference range: a result the laboratory never gave.
+    Now: a narrative row (the label), no observation, no unit shown as a value, and a warning."""
+    root, out = convert(conformant, kappa(obx={"777-3": "||G/L|150-400||||F|||20250402073000+0200"}))
+    codes = [o.find("h:code", NS).get("code") for o in root.iterfind(".//h:observation", NS)]
+    assert "777-3" not in codes and "6690-2" in codes
+    assert not [v for v in root.iterfind(".//h:observation/h:value", NS) if (v.text or "").strip() == "G/L"]
+    assert "Plaquettes" in narrative(root)
+    assert "result '777-3' has no value: written in the narrative only" in out.warnings
