@@ -163,8 +163,8 @@ def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: b
                 warnings.append(f"flag {flag!r} of {code!r} is not an HL7 interpretation code: written in the "
                                 "narrative only")
         if res.file_reference:
-            warnings.append(f"result {code!r} is a file reference (HPRIM OBX type FIC): the file is not part of the "
-                            "report; not sent as a result value")
+            warnings.append(f"result {code!r} is a file reference (OBX type {res.value_type}): the file is not part of "
+                            "the report; not sent as a result value")
         elif res.state in (WITHDRAWN, NOT_ASKED):
             warnings.append(f"result {code!r} has status {res.status!r} ("
                             + ("deleted or posted in error" if res.state == WITHDRAWN else "not asked")

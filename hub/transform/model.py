@@ -142,8 +142,9 @@ class Result:
 
     @property
     def file_reference(self) -> bool:
-        """HPRIM OBX type FIC: the value names a file (an image, a PDF) sent apart, not a result."""
-        return self.value_type == "FIC"
+        """HPRIM OBX type FIC, HL7 OBX type RP (reference pointer): the value names a file (an image, a PDF) or
+        where to fetch it, not a result."""
+        return self.value_type in ("FIC", "RP")
 
     @property
     def range_display(self) -> str:
@@ -167,6 +168,7 @@ class Battery:
     loinc: str = ""
     loinc_label: str = ""
     status: str = ""                  # OBR-25 (REQUEST_STATES); empty: not given
+    comments: tuple[str, ...] = ()    # NTE after the OBR (HPRIM: C after the OBR): on this request
 
 
 @dataclass(frozen=True)

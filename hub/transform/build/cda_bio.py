@@ -130,7 +130,7 @@ def in_entries(res: Result) -> bool:
     """A result written as a structured observation: it has a value (final or preliminary: CR-BIO allows only
     `completed` or `aborted` on an observation, so a preliminary result is `completed` inside an `active` battery),
     or it was cancelled (`aborted`: the result will never come). A result to come, one deleted or posted in error,
-    one not asked, an HPRIM file reference (FIC) and a line without any value (a title such as `Formule
+    one not asked, a file reference (HPRIM FIC, HL7 RP) and a line without any value (a title such as `Formule
     leucocytaire`) are no observation: the narrative says what they are."""
     if res.file_reference:
         return False
@@ -192,10 +192,12 @@ def _entries(report: LabReport, when: str, local_system: str, tz: tzinfo, vs: Va
         code = (f'<code code="{x(b.loinc)}" codeSystem="{LOINC}" codeSystemName="LOINC" '
                 f'displayName="{x(b.loinc_label or b.label)}"/>' if b.loinc else
                 f'<code code="{x(b.local_code)}" codeSystem="{x(local_system)}" displayName="{x(b.label)}"/>')
+        notes = "".join(_comment(f"bat-{res.battery}-c{k}").replace("entryRelationship", "component")
+                        for k in range(1, len(b.comments) + 1))
         out.append('<entryRelationship typeCode="COMP"><organizer classCode="BATTERY" moodCode="EVN">'
                    '<templateId root="1.3.6.1.4.1.19376.1.3.1.4"/>' + code
                    + f'<statusCode code="{_battery_status(members, b)}"/>'
-                   + "".join(group) + "</organizer></entryRelationship>")
+                   + "".join(group) + notes + "</organizer></entryRelationship>")
     return "".join(out)
 
 
@@ -235,6 +237,8 @@ def _narrative(report: LabReport) -> str:
             if b.label or b.loinc_label:
                 rows.append(f'<tr><td colspan="5"><content styleCode="Bold">{x(b.label or b.loinc_label)}'
                             "</content></td></tr>")
+            rows.extend(f'<tr><td colspan="5"><content ID="bat-{res.battery}-c{k}">{_lines(c)}</content></td></tr>'
+                        for k, c in enumerate(b.comments, 1))
         battery = res.battery
         value, note = shown_value(res)
         notes = "".join(f'<br/><content ID="res-{n}-c{k}">{_lines(c)}</content>'

@@ -154,6 +154,8 @@ def render_report(report: LabReport) -> bytes:
             b = report.batteries[res.battery - 1]
             if b.label or b.loinc_label:
                 page.line((b.label or b.loinc_label).upper(), bold=True)
+            for note in b.comments:
+                page.line("    " + note)
         battery = res.battery
         shown, note = shown_value(res)
         full = in_entries(res) and res.state != CANCELLED

@@ -227,7 +227,8 @@ def _battery(msg: Er7, obr: Segment) -> Battery:
 
 
 def read_lab_oru(msg: Er7) -> LabReport:
-    """Structured ORU^R01 (LAB-3): `{OBR [NTE] {OBX [NTE]}}` after PID -> LabReport. Every OBR must carry at least
+    """Structured ORU^R01 (LAB-3): `{OBR [NTE] {OBX [NTE]}}` after PID -> LabReport (an NTE after an OBX is on the
+    result, after an OBR on the request, elsewhere on the report). Every OBR must carry at least
     one OBX and every OBX its status (OBX-11, required): a message cut in transit is refused, never sent short."""
     patient = read_patient(msg)
     obrs = msg.all("OBR")
@@ -257,11 +258,14 @@ def read_lab_oru(msg: Er7) -> LabReport:
                 org = Party(local_code=org.local_code, org_name=xon[0],
                             org_finess=ident[1:] if len(ident) == 10 and ident.startswith("1") else "",
                             addr=tuple(x.strip() for x in (xad[0], f"{xad[4]} {xad[2]}".strip()) if x.strip()))
-        elif seg.name == "NTE":
-            text = msg.unescape(seg.get(3)).strip()
+        elif seg.name == "NTE":           # NTE-3 repeats (FT): one line each
+            text = "\n".join(msg.unescape(r) for r in msg.reps(seg.get(3))).strip()
             if text and last == "OBX":
                 r = results[-1]
                 results[-1] = replace(r, comments=(*r.comments, text))
+            elif text and last == "OBR":
+                b = batteries[-1]
+                batteries[-1] = replace(b, comments=(*b.comments, text))
             elif text:
                 comments.append(text)
         if seg.name != "NTE":

@@ -123,7 +123,7 @@ def parse_hprim_sante(data: bytes) -> list[LabReport]:
         elif rec.kind == "OBR":
             if current is None:
                 raise ParseError("OBR before any P record", where=f"line {rec.line}")
-            current["obrs"].append({"rec": rec, "results": []})
+            current["obrs"].append({"rec": rec, "results": [], "comments": []})
         elif rec.kind == "OBX":
             if current is None or not current["obrs"]:
                 raise ParseError("OBX before any OBR record", where=f"line {rec.line}")
@@ -135,6 +135,8 @@ def parse_hprim_sante(data: bytes) -> list[LabReport]:
                 if last == "OBX" and results:
                     res = results[-1]
                     res["comments"] = (*res["comments"], text)
+                elif last == "OBR":
+                    current["obrs"][-1]["comments"].append(text)
                 else:
                     current["comments"].append(text)
         elif rec.kind == "L":
@@ -178,7 +180,8 @@ def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], f
     biologist = _biologist(d, next((o["rec"] for o in rep["obrs"] if o["rec"].get(32)), first))
     batteries, results = [], []
     for obr in rep["obrs"]:
-        batteries.append(replace(_battery(d, obr["rec"]), status=_request_status(obr["rec"])))
+        batteries.append(replace(_battery(d, obr["rec"]), status=_request_status(obr["rec"]),
+                                 comments=tuple(obr["comments"])))
         results.extend(Result(**r) for r in obr["results"])
     report_date = next((norm_ts(o["rec"].get(22), o["rec"].where(22)) for o in reversed(rep["obrs"])
                         if o["rec"].get(22).strip()), "") or file_date

@@ -5,9 +5,11 @@ schema and the ANS schematrons with no failed assertion (`convert` uses the `con
 
 from __future__ import annotations
 
-from tx_support import NS, convert, kappa, narrative, pdf_copy
+from lxml import etree
+from tx_support import NS, convert, corpus, kappa, narrative, pdf_copy
 
 from hub.transform.parse.hl7v2 import parse_er7, read_lab_oru
+from hub.transform.parse.hprim import parse_hprim_sante
 
 LONG = ("Valeur confirmée sur un second prélèvement ; à interpréter en fonction du traitement anticoagulant en cours "
         "et de la fonction rénale du patient (contrôle conseillé sous 48 heures).")
@@ -44,9 +46,10 @@ def test_a_message_declaring_latin_9_is_read_as_latin_9():
            "NTE|1|L|Patiente sous diurétique (œdèmes) ; facturation 5 €\r"
            "OBX|1|ST|K^Potassium^L||Non rendu : sœur du prélèvement hémolysée||||||F\r").encode("iso-8859-15")
     report = read_lab_oru(parse_er7(oru))
-    assert report.comments == ("Patiente sous diurétique (œdèmes) ; facturation 5 €",)
+    assert report.batteries[0].comments == ("Patiente sous diurétique (œdèmes) ; facturation 5 €",)
     assert report.results[0].value == "Non rendu : sœur du prélèvement hémolysée"
-    assert read_lab_oru(parse_er7(oru.replace(b"8859/15", b"8859/1"))).comments[0].endswith("5 ¤")  # as declared
+    latin1 = read_lab_oru(parse_er7(oru.replace(b"8859/15", b"8859/1")))         # as declared, ISO-8859-1
+    assert latin1.batteries[0].comments[0].endswith("(½dèmes) ; facturation 5 ¤")
 
 
 def test_a_line_without_any_value_is_no_result(conformant):
@@ -59,3 +62,36 @@ def test_a_line_without_any_value_is_no_result(conformant):
     assert not [v for v in root.iterfind(".//h:observation/h:value", NS) if (v.text or "").strip() == "G/L"]
     assert "Plaquettes" in narrative(root)
     assert "result '777-3' has no value: written in the narrative only" in out.warnings
+
+
+def test_a_comment_on_a_request_stays_with_its_battery(conformant):
+    """An NTE after an OBR (HPRIM: a C after an OBR) is about that request: under its battery, in the narrative, the
+    PDF copy and as a comment entry of its organizer. Before: in the document's "Commentaire" section at the end,
+    saying nothing of which analyses it was about. NTE-3 repeats are its lines (they went out joined by `~`)."""
+    data = _with(kappa(), b"OBX|1|NM|6690-2", "NTE|1|L|NFS contrôlée sur lame~Pas d'agrégat plaquettaire")
+    root, _ = convert(conformant, data)
+    assert root.find(".//h:section[h:title='Commentaire']", NS) is None
+    [organizer] = [o for o in root.iterfind(".//h:organizer[@classCode='BATTERY']", NS)
+                   if o.find("h:code", NS).get("code") == "58410-2"]
+    ref = organizer.find("h:component/h:act/h:text/h:reference", NS).get("value")[1:]
+    [note] = root.xpath(f"//h:content[@ID='{ref}']", namespaces=NS)
+    assert [note.text] + [br.tail for br in note.iterfind("h:br", NS)] == [
+        "NFS contrôlée sur lame", "Pas d'agrégat plaquettaire"]
+    rows = [etree.tostring(tr, method="text", encoding="unicode") for tr in root.iterfind(".//h:tbody/h:tr", NS)]
+    assert rows.index("NFS") + 1 == rows.index("NFS contrôlée sur lamePas d'agrégat plaquettaire")
+    assert "NFS contr\\364l\\351e sur lame) Tj" in pdf_copy(root)
+    hprim = corpus("hs_alpha_hemato.hpr").replace(b"\r\nOBX|1|NM|CRP", b"\r\nC|1|L|Dosage sur tube sec.\r\nOBX|1|NM|CRP")
+    [report] = parse_hprim_sante(hprim.replace(b"L|1||1|13", b"L|1||1|14"))
+    assert (report.batteries[1].comments, report.comments) == (("Dosage sur tube sec.",), ())
+
+
+def test_an_hl7_reference_pointer_is_not_sent_as_a_result_value(conformant):
+    """OBX-2 RP (reference pointer: where the lab keeps an image or a document) went out as a text result holding
+    the address with its component separators (`https://...^PACS^IMAGE^JPEG`); as HPRIM FIC: no observation, the
+    address nowhere, a warning."""
+    data = _with(kappa(), b"OBR|2|", "OBX|3|RP|11529-5^Image^LN||https://pacs.example/k/123^PACS^IMAGE^JPEG||||||F")
+    root, out = convert(conformant, data)
+    assert b"pacs.example" not in etree.tostring(root) and "pacs.example" not in pdf_copy(root)
+    assert "fichier du laboratoire, non transmis" in narrative(root)
+    assert ("result '11529-5' is a file reference (OBX type RP): the file is not part of the report; not sent as a "
+            "result value") in out.warnings

@@ -194,5 +194,5 @@ def test_an_hprim_file_reference_is_not_sent_as_a_result_value(conformant):
     assert "EPP" not in [c.get("code") for c in root.iterfind(".//h:observation/h:code/h:translation", NS)]
     assert "Electrophorèse des protéines" in narrative(root) and "fichier du laboratoire, non transmis" in \
         narrative(root)
-    assert ("result 'EPP' is a file reference (HPRIM OBX type FIC): the file is not part of the report; not sent as "
-            "a result value") in out.warnings
+    assert ("result 'EPP' is a file reference (OBX type FIC): the file is not part of the report; not sent as a "
+            "result value") in out.warnings
