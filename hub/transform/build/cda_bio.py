@@ -205,6 +205,7 @@ def _entries(report: LabReport, when: str, local_system: str, tz: tzinfo, vs: Va
 STATE_NOTES = {PRELIMINARY: "provisoire", PENDING: "en cours", CANCELLED: "non réalisé",
                WITHDRAWN: "annulé par le laboratoire", NOT_ASKED: "non demandé"}
 FILE_NOTE = "fichier du laboratoire, non transmis"
+CORRECTED_NOTE = "résultat corrigé"
 PARTIAL_NOTE = "Compte rendu partiel : certains résultats sont provisoires ou en cours."
 
 
@@ -217,6 +218,8 @@ def shown_value(res: Result) -> tuple[str, str]:
         return "", STATE_NOTES[res.state]
     if res.state == CANCELLED:          # the lab's text, if any, says why (hémolysé, prélèvement insuffisant)
         return res.value, STATE_NOTES[CANCELLED]
+    if res.status.strip().upper() == "C":
+        return res.value, CORRECTED_NOTE
     return res.value, STATE_NOTES.get(res.state, "")
 
 

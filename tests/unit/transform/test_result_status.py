@@ -70,9 +70,14 @@ def test_a_request_whose_results_are_not_all_there_makes_the_report_partial(conf
     assert "Compte rendu partiel" in narrative(root) and "Compte rendu partiel" in pdf_copy(root)
 
 
-def test_a_corrected_result_is_final(conformant):
-    root, _ = convert(conformant, kappa("C", obx={"2823-3": "|4.3|mmol/L|3.5-5.0|N|||C|||20250402073000+0200"}))
+def test_a_corrected_result_is_final_and_says_it_is_a_correction(conformant):
+    """OBX-11 C: final (completed). The hub sends it as a new report (no RPLC of the one it corrects), so the GP
+    may hold both: the narrative and the PDF copy mark it "résultat corrigé", and a warning says so. Before: a
+    corrected value looked like any other, beside the earlier report holding the wrong one."""
+    root, out = convert(conformant, kappa("C", obx={"2823-3": "|4.3|mmol/L|3.5-5.0|N|||C|||20250402073000+0200"}))
     assert statuses(root)[:3] == ("completed", "completed", ["completed", "completed"])
+    assert "résultat corrigé" in narrative(root) and "r\\351sultat corrig\\351" in pdf_copy(root)
+    assert any(w.startswith("corrected result(s) (OBX-11 C): sent as a new report") for w in out.warnings)
 
 
 def test_a_cancelled_result_is_aborted_with_no_value_and_the_reason_in_the_narrative(conformant):
