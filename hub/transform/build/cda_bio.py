@@ -29,7 +29,7 @@ from hub.transform.build.cda import (DOC_LABELS, T_CISIS, T_CRBIO, T_HL7FR, T_XD
                                      encounter_xml, entity, header_xml, name_xml, person_id, telecom_xml, ts_el, x)
 from hub.transform.model import (CANCELLED, FINAL, LOINC, NOT_ASKED, PENDING, PRELIMINARY, REQUEST_PARTIAL, WITHDRAWN,
                                  Battery, LabReport, Party, Result)
-from hub.transform.terminology.dates import decimal, is_decimal
+from hub.transform.terminology.dates import decimal, is_decimal, parse_range
 from hub.transform.terminology.units import UCUM_SYSTEM
 from hub.transform.terminology.valuesets import PRACTICE_SETTING, ValueSets
 
@@ -73,9 +73,20 @@ def _pq(res: Result) -> bool:
     return res.value_type in ("NM", "SN") and is_decimal(res.value) and bool(res.ucum or not res.unit)
 
 
+def _interval(res: Result, unit: str) -> str:
+    """A numeric result written with a comparator or as a span (`<0.5`, `>= 60`, SN `^10^-^20`): an IVL_PQ (XD-LAB's
+    type for such results) whose bound is open when the comparator is strict; '' when the value is no such shape."""
+    low, high, low_open, high_open = parse_range(res.value)
+    if not (low or high):
+        return ""
+    bounds = "".join(f'<{tag} value="{x(v)}" unit="{x(unit)}"' + (' inclusive="false"' if open_ else "") + "/>"
+                     for tag, v, open_ in (("low", low, low_open), ("high", high, high_open)) if v)
+    return f'<value xsi:type="IVL_PQ">{bounds}</value>'
+
+
 def _value(res: Result) -> tuple[str, str]:
-    """(value element, unit used for the range) - PQ when numeric with a UCUM unit (or none), else ST with the
-    unit as the laboratory wrote it. The HPRIM Net second value goes as a PQ translation when its unit is UCUM."""
+    """(value element, unit used for the range) - PQ when numeric with a UCUM unit (or none), IVL_PQ when it is a
+    bound or a span (`<0.5`, `>=60`, `10-20`), else ST with the unit as the laboratory wrote it. The HPRIM Net second value goes as a PQ translation when its unit is UCUM."""
     if _pq(res):
         unit = res.ucum or "1"
         second = (f'<translation value="{x(decimal(res.value2))}" code="{x(res.ucum2)}" '
@@ -83,6 +94,11 @@ def _value(res: Result) -> tuple[str, str]:
                   if res.value2 and res.ucum2 and is_decimal(res.value2) else "")
         return (f'<value xsi:type="PQ" value="{x(decimal(res.value))}" unit="{x(unit)}">{second}</value>'
                 if second else f'<value xsi:type="PQ" value="{x(decimal(res.value))}" unit="{x(unit)}"/>'), unit
+    if res.value_type in ("NM", "SN") and (res.ucum or not res.unit):
+        unit = res.ucum or "1"
+        interval = _interval(res, unit)
+        if interval:
+            return interval, unit
     text = f"{res.value} {res.unit}".strip()
     return f'<value xsi:type="ST">{x(text)}</value>', ""
 

@@ -349,10 +349,10 @@ def _flags(msg: Er7, seg: Segment) -> tuple[str, ...]:
 
 
 def _sn(msg: Er7, seg: Segment) -> str:
-    """SN (structured numeric) `comparator^num1^separator^num2`: a plain number stays numeric, anything else
-    (`<^3`, `^1^:^40`) is kept as the laboratory wrote it, as text."""
+    """SN (structured numeric) `comparator^num1^separator^num2`: a plain number (or `=^5`) stays numeric, anything
+    else (`<^3`, `^10^-^20`, `^1^:^40`) is kept as the laboratory wrote it (`<3`, `10-20`, `1:40`)."""
     c = msg.comps(seg.get(5), 4)
-    if not c[0] and not c[2] and is_decimal(c[1]):
+    if c[0].strip() in ("", "=") and not c[2] and is_decimal(c[1]):
         return c[1]
     return "".join(c).strip()
 

@@ -95,3 +95,28 @@ def test_an_hl7_reference_pointer_is_not_sent_as_a_result_value(conformant):
     assert "fichier du laboratoire, non transmis" in narrative(root)
     assert ("result '11529-5' is a file reference (OBX type RP): the file is not part of the report; not sent as a "
             "result value") in out.warnings
+
+
+def test_numeric_results_with_a_comparator_or_a_span_are_intervals(conformant):
+    """HL7 SN `<^0.5`, `>=^60`, `^10^-^20` (and NM `<3,0` as HPRIM writes it) went out as text (`<0.5 mmol/L`):
+    now an IVL_PQ in the UCUM unit, the bound open for a strict comparator, as XD-LAB types such results (the
+    narrative keeps the lab's writing); SN `=^5` is the number 5 (it went out as the text `=5`)."""
+    rows = {"2823-3": "|<^0.5|mmol/L|3.5-5.0|L|||F", "2345-7": "|^0,80^-^1,20|g/L|0,70-1,10|N|||F",
+            "6690-2": "|>=^60|G/L|4.0-10.0|H|||F", "777-3": "|=^245|G/L|150-400|N|||F"}
+    data = kappa(obx=rows)
+    for code in rows:
+        data = data.replace(f"|ST|{code}^".encode(), f"|SN|{code}^".encode())
+    root, _ = convert(conformant, data)
+    values = {o.find("h:code", NS).get("code"): o.find("h:value", NS) for o in root.iterfind(".//h:observation", NS)}
+
+    def bounds(v):
+        return [(etree.QName(b).localname, b.get("value"), b.get("unit"), b.get("inclusive")) for b in v]
+    xsi = "{http://www.w3.org/2001/XMLSchema-instance}type"
+    assert values["2823-3"].get(xsi) == "IVL_PQ" and bounds(values["2823-3"]) == [("high", "0.5", "mmol/L", "false")]
+    assert bounds(values["6690-2"]) == [("low", "60", "10*9/L", None)]
+    assert bounds(values["2345-7"]) == [("low", "0.80", "g/L", None), ("high", "1.20", "g/L", None)]
+    assert (values["777-3"].get(xsi), values["777-3"].get("value")) == ("PQ", "245")
+    assert "<0.5" in narrative(root) and ">=60" in narrative(root)
+    [hprim] = [o for o in convert(conformant, corpus("hs_alpha_hemato.hpr"), "hprim_to_cda_xdm")[0].iterfind(
+        ".//h:observation", NS) if o.find("h:code", NS).get("code") == "1988-5"]                  # CRP <3,0 mg/l
+    assert bounds(hprim.find("h:value", NS)) == [("high", "3.0", "mg/L", "false")]
