@@ -318,7 +318,7 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
         value = _sn(msg, seg)
     unit = msg.comps(seg.get(6), 3)
     range_text = msg.unescape(seg.get(7)).strip()
-    low, high, low_open, high_open = parse_range(range_text)
+    low, high, low_open, high_open = parse_range(range_text, (unit[0] or unit[1]).strip())
     if is_loinc_system(code[2]) and _LOINC.match(code[0]):   # LOINC first, local code as alternate
         loinc, loinc_label = code[0], code[1]
         local, label, system = (code[3], code[4] or code[1], code[5] or "L") if code[3] else ("", code[1], "")

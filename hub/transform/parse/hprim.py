@@ -272,7 +272,7 @@ def _result(d: _Delims, rec: _Record, battery: int) -> dict:
     else:
         value = ("\n" if kind in ("TX", "FT") else ", ").join(d.unescape(r) for r in reps)
     range_text = d.unescape(rec.get(7)).strip()
-    low, high, low_open, high_open = parse_range(range_text)
+    low, high, low_open, high_open = parse_range(range_text, d.unescape(rec.get(6)))
     loinc, loinc_label = "", ""
     local, label, system = code[0], code[1], code[2] or "L"
     if is_loinc_system(system) and _LOINC.match(code[0]):  # LOINC first, the local code as alternate

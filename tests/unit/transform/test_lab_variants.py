@@ -120,3 +120,19 @@ def test_numeric_results_with_a_comparator_or_a_span_are_intervals(conformant):
     [hprim] = [o for o in convert(conformant, corpus("hs_alpha_hemato.hpr"), "hprim_to_cda_xdm")[0].iterfind(
         ".//h:observation", NS) if o.find("h:code", NS).get("code") == "1988-5"]                  # CRP <3,0 mg/l
     assert bounds(hprim.find("h:value", NS)) == [("high", "3.0", "mg/L", "false")]
+
+
+def test_a_reference_range_repeating_the_unit_is_still_an_interval(conformant):
+    """OBX-7 `150 - 400 G/L`, `< 5 mg/l` (the unit written again after the bounds, as many SIL print it) went out as
+    text only, the GP's software then has no range to check the value against; now an IVL_PQ as for `150 - 400`,
+    the text kept as the lab wrote it in the narrative."""
+    data = kappa(obx={"777-3": "|98|G/L|150 - 400 G/L|L|||F|||20250402073000+0200",
+                      "2823-3": "|4.1|mmol/l|3,5 - 5,0 mmol/l|N|||F|||20250402073000+0200"})
+    root, _ = convert(conformant, data)
+    ranges = {o.find("h:code", NS).get("code"): o.find("h:referenceRange/h:observationRange/h:value", NS)
+              for o in root.iterfind(".//h:observation", NS) if o.find("h:referenceRange", NS) is not None}
+    assert [(b.get("value"), b.get("unit")) for b in ranges["777-3"]] == [("150", "10*9/L"), ("400", "10*9/L")]
+    assert [(b.get("value"), b.get("unit")) for b in ranges["2823-3"]] == [("3.5", "mmol/L"), ("5.0", "mmol/L")]
+    assert "150 - 400 G/L" in narrative(root)
+    [report] = parse_hprim_sante(corpus("hs_alpha_hemato.hpr").replace(b"|150 - 400|", b"|150 - 400 G/l|"))
+    assert [(r.range_low, r.range_high) for r in report.results if r.local_code == "PLQ"] == [("150", "400")]
