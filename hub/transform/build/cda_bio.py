@@ -153,6 +153,17 @@ def in_entries(res: Result) -> bool:
     return res.state == CANCELLED or (res.state in (FINAL, PRELIMINARY) and bool(res.value.strip()))
 
 
+def is_date_value(res: Result) -> bool:
+    """A date as the result (HL7 OBX-2 DT / TS / DTM, checked by the parser)."""
+    return res.value_type in ("DT", "TS", "DTM") and res.value[:8].isdigit()
+
+
+def date_display(value: str) -> str:
+    """`20250310[0930]` -> `10/03/2025[ 09:30]`: a date as a French reader reads it."""
+    out = f"{value[6:8]}/{value[4:6]}/{value[:4]}"
+    return out + (f" {value[8:10]}:{value[10:12]}" if len(value) >= 12 and value[8:12].isdigit() else "")
+
+
 def _observation(res: Result, n: int, when: str, local_system: str, tz: tzinfo, lab: Party, vs: ValueSets,
                  setting: str) -> str:
     who = lab if res.observer is None else replace(lab, rpps=res.observer.rpps, family=res.observer.family,
@@ -161,6 +172,8 @@ def _observation(res: Result, n: int, when: str, local_system: str, tz: tzinfo, 
     notes = "".join(_comment(f"res-{n}-c{k}") for k in range(1, len(res.comments) + 1))
     if res.state == CANCELLED:          # no value, no interpretation, no range: the result will never come
         status, value, interp, rng = "aborted", "", "", ""
+    elif is_date_value(res):            # TS, its zone added as for every CDA time
+        status, value, interp, rng = "completed", ts_el("value", res.value, tz, ' xsi:type="TS"'), "", ""
     else:
         value, unit = _value(res)
         status, interp, rng = "completed", _interpretations(res), _range(res, unit)
@@ -234,9 +247,10 @@ def shown_value(res: Result) -> tuple[str, str]:
         return "", STATE_NOTES[res.state]
     if res.state == CANCELLED:          # the lab's text, if any, says why (hémolysé, prélèvement insuffisant)
         return res.value, STATE_NOTES[CANCELLED]
+    value = date_display(res.value) if is_date_value(res) else res.value
     if res.status.strip().upper() == "C":
-        return res.value, CORRECTED_NOTE
-    return res.value, STATE_NOTES.get(res.state, "")
+        return value, CORRECTED_NOTE
+    return value, STATE_NOTES.get(res.state, "")
 
 
 def _lines(text: str) -> str:

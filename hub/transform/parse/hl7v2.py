@@ -316,6 +316,11 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
         value = ", ".join((c[1] or c[0]) for c in (msg.comps(r, 2) for r in reps))
     elif kind == "SN":
         value = _sn(msg, seg)
+    elif kind in _DATES and len(reps) == 1:     # a date as result (last period, onset): kept as a date when it is one
+        try:
+            value = norm_ts(value, seg.where(5))
+        except ParseError:
+            kind = "ST"
     unit = msg.comps(seg.get(6), 3)
     range_text = msg.unescape(seg.get(7)).strip()
     low, high, low_open, high_open = parse_range(range_text, (unit[0] or unit[1]).strip())
@@ -339,6 +344,9 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
                   range_high_open=high_open, range_text=range_text, flags=_flags(msg, seg), status=status,
                   observed_at=norm_ts(seg.get(14), seg.where(14)), analysed_at=norm_ts(seg.get(19), seg.where(19)),
                   battery=battery, observer=observer)
+
+
+_DATES = frozenset({"DT", "TS", "DTM"})
 
 
 def _flags(msg: Er7, seg: Segment) -> tuple[str, ...]:

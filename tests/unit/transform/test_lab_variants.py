@@ -136,3 +136,20 @@ def test_a_reference_range_repeating_the_unit_is_still_an_interval(conformant):
     assert "150 - 400 G/L" in narrative(root)
     [report] = parse_hprim_sante(corpus("hs_alpha_hemato.hpr").replace(b"|150 - 400|", b"|150 - 400 G/l|"))
     assert [(r.range_low, r.range_high) for r in report.results if r.local_code == "PLQ"] == [("150", "400")]
+
+
+def test_a_date_as_result_is_a_date(conformant):
+    """OBX-2 DT / TS (date of the last period, of onset, of the injection) went out as the text `20250310`, which
+    reads as a number: now a TS value (with its zone when it has a time), `10/03/2025` in the narrative and the PDF
+    copy; a value that is no date stays the lab's text."""
+    data = _with(kappa(), b"OBR|2|", "OBX|3|DT|8665-2^Date des dernières règles^LN||20250310||||||F",
+                 "OBX|4|TS|11778-8^Date d'accouchement prévue^LN||202512150930||||||F",
+                 "OBX|5|DT|21112-8^Date de naissance de l'enfant^LN||inconnue||||||F")
+    root, _ = convert(conformant, data)
+    values = {o.find("h:code", NS).get("code"): o.find("h:value", NS) for o in root.iterfind(".//h:observation", NS)}
+    xsi = "{http://www.w3.org/2001/XMLSchema-instance}type"
+    assert (values["8665-2"].get(xsi), values["8665-2"].get("value")) == ("TS", "20250310")
+    assert values["11778-8"].get("value") == "20251215093000+0100"
+    assert (values["21112-8"].get(xsi), values["21112-8"].text) == ("ST", "inconnue")
+    assert "10/03/2025" in narrative(root) and "15/12/2025 09:30" in narrative(root)
+    assert "(10/03/2025) Tj" in pdf_copy(root)
