@@ -312,8 +312,9 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
                          "(F, C, U, P, R, S, I, O, X, D, W, N)", where=seg.where(11))
     reps = msg.reps(seg.get(5))               # OBX-5 may repeat (two organisms, the lines of a TX): keep them all
     value = ("\n" if kind in ("TX", "FT") else ", ").join(msg.unescape(r) for r in reps)
-    if kind in ("CE", "CWE"):
-        value = ", ".join((c[1] or c[0]) for c in (msg.comps(r, 2) for r in reps))
+    if kind in ("CE", "CWE"):      # what is meant: the text, else the original text (CWE-9), else the alternate's
+        value = ", ".join(next((t.strip() for t in (c[1], c[8], c[4], c[0], c[3]) if t.strip()), "")
+                          for c in (msg.comps(r, 9) for r in reps))
     elif kind == "SN":
         value = _sn(msg, seg)
     elif kind in _DATES and len(reps) == 1:     # a date as result (last period, onset): kept as a date when it is one

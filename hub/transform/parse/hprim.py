@@ -268,7 +268,8 @@ def _result(d: _Delims, rec: _Record, battery: int) -> dict:
     kind = rec.get(2) or "ST"
     reps = rec.get(5).split(d.rep) if rec.get(5) else []    # repeated values (two organisms, lines of a TX)
     if kind in ("CE", "CWE"):                                 # coded: `code~label~system`, the label is what is meant
-        value = ", ".join((c[1] if len(c) > 1 and c[1] else c[0]) for c in (d.comps(r) for r in reps))
+        value = ", ".join(next((t.strip() for t in (c[1], c[4], c[0], c[3]) if t.strip()), "")
+                          for c in (d.comps(r) + [""] * 5 for r in reps))
     else:
         value = ("\n" if kind in ("TX", "FT") else ", ").join(d.unescape(r) for r in reps)
     range_text = d.unescape(rec.get(7)).strip()

@@ -153,3 +153,19 @@ def test_a_date_as_result_is_a_date(conformant):
     assert (values["21112-8"].get(xsi), values["21112-8"].text) == ("ST", "inconnue")
     assert "10/03/2025" in narrative(root) and "15/12/2025 09:30" in narrative(root)
     assert "(10/03/2025) Tj" in pdf_copy(root)
+
+
+def test_a_coded_result_given_by_its_alternate_or_original_text_is_not_empty(conformant):
+    """CE / CWE `POS^Positif^L` is `Positif`; one whose text is only in the alternate (`^^^NEG^Négatif^L`) or in the
+    original text (CWE-9) went out empty (and is now no observation at all, having no value): it is that text."""
+    data = _with(kappa(), b"OBR|2|", "OBX|3|CWE|5195-3^VIH 1+2^LN||^^^NEG^Négatif^L||||||F",
+                 "OBX|4|CWE|5196-1^Antigène HBs^LN||NEG^^L^^^^^^Non détecté (seuil 0,05 UI/mL)||||||F",
+                 "OBX|5|CE|16935-9^Anticorps anti-HBs^LN||POS^Positif^L||||||F")
+    root, _ = convert(conformant, data)
+    values = {o.find("h:code", NS).get("code"): o.find("h:value", NS).text for o in root.iterfind(".//h:observation", NS)}
+    assert (values["5195-3"], values["5196-1"], values["16935-9"]) == (
+        "Négatif", "Non détecté (seuil 0,05 UI/mL)", "Positif")
+    [report] = parse_hprim_sante(corpus("hs_alpha_hemato.hpr").replace(
+        b"OBX|1|NM|CRP~Prot\xe9ine C r\xe9active~L~1988-5~CRP [Masse/Volume] S\xe9rum/Plasma~LN||<3,0",
+        b"OBX|1|CE|CRP~Prot\xe9ine C r\xe9active~L~1988-5~CRP [Masse/Volume] S\xe9rum/Plasma~LN||~~~NEG~N\xe9gatif~L"))
+    assert [r.value for r in report.results if r.local_code == "CRP"] == ["Négatif"]
