@@ -94,6 +94,15 @@ def test_a_cancelled_result_is_aborted_with_no_value_and_the_reason_in_the_narra
     assert "non r\\351alis\\351" in pdf_copy(root)
 
 
+def test_a_request_whose_every_result_was_cancelled_is_an_aborted_battery(conformant):
+    """A coagulated sample: OBR-25 X and every OBX X. Each battery is aborted, each result aborted; the report is
+    final (nothing more will come) and conformant."""
+    cancelled = "|Prélèvement coagulé||||||X|||20250402073000+0200"
+    root, _ = convert(conformant, kappa("X", "X", obx={c: cancelled for c in ("2345-7", "2823-3", "6690-2", "777-3")}))
+    assert statuses(root) == ("completed", "completed", ["aborted", "aborted"], {
+        "2345-7": "aborted", "2823-3": "aborted", "6690-2": "aborted", "777-3": "aborted"})
+
+
 @pytest.mark.parametrize("status", ["D", "W"])
 def test_a_deleted_or_wrong_result_is_never_shown_as_a_result(conformant, status):
     """OBX-11 D (deleted) / W (posted in error, e.g. another patient's): no observation and its value nowhere in
