@@ -249,6 +249,9 @@ def hl7_oru_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) 
     report, warnings = _lab_report(ctx, read_lab_oru(parse_er7(raw)), top, parts, params)
     seed, now, steps = hashlib.sha256(message).digest(), _now(params), Steps()
     pdf = _pdf(parts)
+    if pdf is None and report.pdf:      # the lab's PDF copy in an OBX ED: the copy, and attached as a mail part
+        _complete_pdf(report.pdf[-1024:], "OBX-5 (the PDF)")
+        pdf = (report.pdf, "compte-rendu.pdf")
     data, info = _lab_to_cda(ctx, steps, report, "oru_to_cda_n3", raw, params, seed, now,
                              pdf[0] if pdf else None, warnings)
     return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=pdf)

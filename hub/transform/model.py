@@ -188,6 +188,7 @@ class LabReport:
     source: str = ""                  # "hprim_sante", "hprim_net", "hl7_oru"
     batteries: tuple[Battery, ...] = ()
     validated_at: str = ""            # last validation by the biologist, when given apart from report_date
+    pdf: bytes = b""                  # the lab's PDF of the report, when the lab file carries it (HL7 OBX ED)
 
     @property
     def partial(self) -> bool:

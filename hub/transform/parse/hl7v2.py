@@ -8,6 +8,7 @@ Reads no settings.
 
 from __future__ import annotations
 
+import binascii
 import re
 from dataclasses import dataclass, replace
 
@@ -226,9 +227,30 @@ def _battery(msg: Er7, obr: Segment) -> Battery:
     return Battery(local_code=code[0], label=code[1], loinc=loinc, loinc_label=code[4] if loinc else "")
 
 
+def is_pdf_ed(msg: Er7, value: str) -> bool:
+    """OBX-5 of type ED carrying a PDF (`^application^pdf^Base64^...`, `^AP^PDF^...`)."""
+    ed = msg.comps(value, 4)
+    return ed[2].lower() == "pdf" or ed[1].lower() in ("application/pdf", "pdf")
+
+
+def pdf_of_ed(msg: Er7, seg: Segment) -> bytes:
+    """The PDF an OBX ED carries (OBX-5.5, base64): a ParseError naming OBX-5 when it is not one."""
+    ed = msg.comps(seg.get(5), 5)
+    if ed[3].lower() != "base64":
+        raise ParseError("the PDF must be base64 (OBX-5.4 Base64)", where=seg.where(5))
+    try:
+        pdf = binascii.a2b_base64(ed[4].encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ParseError("invalid base64 in OBX-5.5", where=seg.where(5)) from None
+    if not pdf.startswith(b"%PDF-"):
+        raise ParseError("the document in OBX-5 is not a PDF (no %PDF- signature)", where=seg.where(5))
+    return pdf
+
+
 def read_lab_oru(msg: Er7) -> LabReport:
     """Structured ORU^R01 (LAB-3): `{OBR [NTE] {OBX [NTE]}}` after PID -> LabReport (an NTE after an OBX is on the
-    result, after an OBR on the request, elsewhere on the report). Every OBR must carry at least
+    result, after an OBR on the request, elsewhere on the report; an OBX ED carrying a PDF is the lab's PDF copy of
+    the report, not a result). Every OBR must carry at least
     one OBX and every OBX its status (OBX-11, required): a message cut in transit is refused, never sent short."""
     patient = read_patient(msg)
     obrs = msg.all("OBR")
@@ -241,6 +263,7 @@ def read_lab_oru(msg: Er7) -> LabReport:
     org = Party(local_code=msg.comps(msg.msh.get(4))[0])
     biologist = next((_cnn(msg, o.get(32)) for o in obrs if o.get(32)), Party())
     last = ""
+    pdf = b""
     counts: list[int] = []
     for seg in msg.segments:
         if seg.name == "OBR":
@@ -249,8 +272,14 @@ def read_lab_oru(msg: Er7) -> LabReport:
         elif seg.name == "OBX":
             if not counts:
                 raise ParseError("OBX before any OBR", where=seg.where(1))
-            results.append(_read_obx(msg, seg, len(batteries)))
             counts[-1] += 1
+            if seg.get(2) == "ED" and is_pdf_ed(msg, seg.get(5)):     # the lab's PDF of the report: its copy
+                if pdf:
+                    raise ParseError("ORU^R01 with 2 PDF copies of the report: one per message (which one is the "
+                                     "report's?)", where=seg.where(5))
+                pdf = pdf_of_ed(msg, seg)
+                continue
+            results.append(_read_obx(msg, seg, len(batteries)))
             xon = msg.comps(seg.get(23), 10)
             if xon[0] and not org.org_name:
                 ident = xon[9]
@@ -283,7 +312,7 @@ def read_lab_oru(msg: Er7) -> LabReport:
                      received_at=norm_ts(first.get(14), first.where(14)),
                      report_date=report_date or norm_ts(msg.msh.get(7), "MSH[1].7"),
                      results=tuple(results), comments=tuple(comments), status=first.get(25) or "F",
-                     source="hl7_oru", batteries=tuple(batteries))
+                     source="hl7_oru", batteries=tuple(batteries), pdf=pdf)
 
 
 def _request_status(obr: Segment) -> str:

@@ -169,3 +169,37 @@ def test_a_coded_result_given_by_its_alternate_or_original_text_is_not_empty(con
         b"OBX|1|NM|CRP~Prot\xe9ine C r\xe9active~L~1988-5~CRP [Masse/Volume] S\xe9rum/Plasma~LN||<3,0",
         b"OBX|1|CE|CRP~Prot\xe9ine C r\xe9active~L~1988-5~CRP [Masse/Volume] S\xe9rum/Plasma~LN||~~~NEG~N\xe9gatif~L"))
     assert [r.value for r in report.results if r.local_code == "CRP"] == ["Négatif"]
+
+
+def test_lab3_results_with_the_labs_pdf_in_an_obx_ed_are_a_cr_bio_with_that_copy(conformant):
+    """French LIS often add the PDF of the report to their LAB-3 ORU (an OBR "CR PDF" with one OBX ED). Before: the
+    message was taken for a PDF letter (detection), and the LAB-3 chain refused it ("no structured HL7 v2 ORU^R01")
+    or, read as LAB-3, refused the ED OBX: the lab's results never reached the GP as a CR-BIO. Now: the structured
+    results, with that PDF as the FR-Document-PDF-copie (and attached to the mail); a PDF cut in transit is refused."""
+    import base64
+
+    import pytest
+    from tx_support import NOW, make_pdf, mail
+
+    from hub.errors import ParseError
+    from hub.transform.parse.detect import content_info
+
+    pdf = make_pdf(3000)
+    ed = (f"OBR|3|CMD-K1|LAB-K1|11502-2^CR d'examens biologiques^LN|||20250402073000+0200|||||||||||||||"
+          f"20250402101000+0200|||F\rOBX|1|ED|11502-2^CR d'examens biologiques^LN||^application^pdf^Base64^"
+          f"{base64.b64encode(pdf).decode()}||||||F")
+    data = kappa().rstrip(b"\r") + b"\r" + ed.encode() + b"\r"
+    info = content_info(mail((data, "application/hl7-v2", "k.hl7")))
+    assert (info.kind, info.doc_code, info.flavour) == ("hl7_oru", "11502-2", "lab3")
+    root, out = convert(conformant, data)
+    assert base64.b64decode(root.find(".//h:observationMedia/h:value", NS).text) == pdf
+    assert "report_to_pdf" not in [s.name for s in out.steps]
+    assert len(root.xpath("//h:entry//h:observation[h:templateId/@root='1.3.6.1.4.1.19376.1.3.1.6']",
+                          namespaces=NS)) == 4                                       # the 4 results, not the PDF
+    assert b"compte-rendu.pdf" in out.message
+    cut = kappa().rstrip(b"\r") + b"\r" + ed.replace(base64.b64encode(pdf).decode(),
+                                                     base64.b64encode(pdf[:2000]).decode()).encode() + b"\r"
+    with pytest.raises(ParseError) as err:
+        conformant.apply("hl7_oru_to_cda_xdm", mail((cut, "application/hl7-v2", "k.hl7")), {"now": NOW},
+                         account="labo-alpha")
+    assert err.value.where == "OBX-5 (the PDF)"
