@@ -34,7 +34,6 @@ def read_mdm(msg: Er7) -> tuple[bytes, dict[str, str]]:
         raise ParseError(f"MDM^T02 with {len(pdfs)} PDF documents: one document per message (the others would be "
                          "lost)", where=pdfs[1].where(5))
     pdf = b""
-    where = ""
     for seg in pdfs:
         if seg.get(11).strip().upper() in ("P", "I", "D", "X", "W"):
             raise ParseError(f"OBX-11 result status {seg.get(11).strip().upper()!r}: the document is not final",
