@@ -99,8 +99,13 @@ def _value(res: Result) -> tuple[str, str]:
         interval = _interval(res, unit)
         if interval:
             return interval, unit
-    text = f"{res.value} {res.unit}".strip()
-    return f'<value xsi:type="ST">{x(text)}</value>', ""
+    return f'<value xsi:type="ST">{x(with_unit(res.value, res.unit))}</value>', ""
+
+
+def with_unit(value: str, unit: str) -> str:
+    """A text result with its unit when it is a quantity (`180 UA/ml`, `<0,5 UA/ml`); a word (`non rendu`,
+    `traces`, `Positif`) without it: `non rendu mmol/L` is no result."""
+    return f"{value} {unit}".strip() if any(c.isdigit() for c in value) else value
 
 
 def _range(res: Result, unit: str) -> str:

@@ -23,7 +23,7 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.utils import simpleSplit
 from reportlab.pdfgen import canvas
 
-from hub.transform.build.cda_bio import PARTIAL_NOTE, in_entries, shown_value
+from hub.transform.build.cda_bio import PARTIAL_NOTE, in_entries, shown_value, with_unit
 from hub.transform.model import CANCELLED, NOT_ASKED, LabReport, Patient
 
 rl_config.useA85 = 0          # binary Flate streams: smaller, and no ASCII85 pass (only the hub uses ReportLab)
@@ -159,7 +159,7 @@ def render_report(report: LabReport) -> bytes:
         battery = res.battery
         shown, note = shown_value(res)
         full = in_entries(res) and res.state != CANCELLED
-        value = " ".join(x for x in (shown, res.unit if full else "") if x)
+        value = with_unit(shown, res.unit if full else "")
         flags = [FLAGS.get(f.upper(), f) for f in res.flags] if full else []
         page.line(res.label or res.loinc_label or res.local_code, value or note, res.range_display,
                   ", ".join(x for x in (*flags, note if value else "") if x))

@@ -203,3 +203,15 @@ def test_lab3_results_with_the_labs_pdf_in_an_obx_ed_are_a_cr_bio_with_that_copy
         conformant.apply("hl7_oru_to_cda_xdm", mail((cut, "application/hl7-v2", "k.hl7")), {"now": NOW},
                          account="labo-alpha")
     assert err.value.where == "OBX-5 (the PDF)"
+
+
+def test_a_word_as_a_numeric_result_is_not_given_the_unit(conformant):
+    """OBX-2 NM holding a word (`non rendu`, `traces`), as SIL write a result they could not measure: it went out
+    as the text `non rendu mmol/L`, as if it were a quantity; a quantity the unit table does not know keeps its unit
+    (`180 UA/ml`)."""
+    data = kappa(obx={"2823-3": "|non rendu|mmol/L|3.5-5.0||||F|||20250402073000+0200",
+                      "2345-7": "|180|UA/ml|<200|N|||F|||20250402073000+0200"}).replace(b"|ST|2823-3^", b"|NM|2823-3^")
+    root, _ = convert(conformant, data)
+    values = {o.find("h:code", NS).get("code"): o.find("h:value", NS).text for o in root.iterfind(".//h:observation", NS)}
+    assert (values["2823-3"], values["2345-7"]) == ("non rendu", "180 UA/ml")
+    assert "(non rendu) Tj" in pdf_copy(root) and "(180 UA/ml) Tj" in pdf_copy(root)
