@@ -86,7 +86,7 @@ def _hl7(head: bytes, whole: bytes | None) -> tuple[str, str, str]:
         rest = re.search(rb"[\r\n]", data[ed.end():])
         line = data[ed.start():ed.end() + (rest.start() if rest else len(data))]
         pdf = re.search(rb"(?i)" + cs + rb"(?:application|AP)?" + cs + rb"pdf" + cs + rb"base64" + cs, line)
-    if ed and pdf and kind == "hl7_oru" and _structured_obx(fs).search(data):
+    if ed and pdf and kind == "hl7_oru" and not cisis and _structured_obx(fs).search(data):
         return kind, "11502-2", "lab3"      # LAB-3 results with the lab's PDF copy of the report in an OBX ED
     if ed and pdf:
         code = ed.group(1).split(text[4:5])[0].decode("latin-1")

@@ -250,8 +250,8 @@ def pdf_of_ed(msg: Er7, seg: Segment) -> bytes:
 def read_lab_oru(msg: Er7) -> LabReport:
     """Structured ORU^R01 (LAB-3): `{OBR [NTE] {OBX [NTE]}}` after PID -> LabReport (an NTE after an OBX is on the
     result, after an OBR on the request, elsewhere on the report; an OBX ED carrying a PDF is the lab's PDF copy of
-    the report, not a result). Every OBR must carry at least
-    one OBX and every OBX its status (OBX-11, required): a message cut in transit is refused, never sent short."""
+    the report, not a result). Every OBR must carry at least one OBX and every OBX its status (OBX-11, required):
+    a message cut in transit is refused, never sent short."""
     patient = read_patient(msg)
     obrs = msg.all("OBR")
     if not obrs:
