@@ -44,13 +44,17 @@ def _latin(text: str) -> str:
 
 
 def _wrap(text: str, font: tuple[str, float], width: float) -> list[str]:
-    """The lines of `text` (its own line breaks, then words) that fit in `width` points."""
+    """The lines of `text` (its own line breaks, then words) that fit in `width` points; a text indented (a
+    comment under its result) keeps its indent on every line."""
+    indent = text[: len(text) - len(text.lstrip(" "))]
     out: list[str] = []
     for part in text.split("\n"):
+        part = indent + part.lstrip(" ") if indent else part
         if len(part) * font[1] * 1.02 <= width:     # no Helvetica glyph is wider than 1.02 em: fits, unmeasured
             out.append(part)
         else:
-            out.extend(simpleSplit(part, font[0], font[1], width) or [""])
+            out.extend(indent + line for line in simpleSplit(part, font[0], font[1], width - len(indent) * 2.5)
+                       or [""])
     return out
 
 

@@ -5,6 +5,8 @@ schema and the ANS schematrons with no failed assertion (`convert` uses the `con
 
 from __future__ import annotations
 
+import re
+
 from lxml import etree
 from tx_support import NS, convert, corpus, kappa, narrative, pdf_copy
 
@@ -30,6 +32,7 @@ def test_long_and_multi_line_texts_reach_the_pdf_copy_whole_and_the_narrative_li
     pdf = pdf_copy(root)
     words = [w.replace("(", "\\(").replace(")", "\\)") for w in LONG.split() if w.isascii()]  # (é is \351 there)
     assert all(w in pdf for w in words) and "heures\\)." in pdf          # every word, the last ones too
+    assert re.search(r"\(    r\\351nale du patient|\(    [^)]*heures", pdf)          # the indent kept on its next lines
     assert "(Absence de germe) Tj" in pdf and "(Leucocytes < 10/mm3) Tj" in pdf and "(H\\351maties < 10/mm3) Tj" in pdf
     [cell] = [td for td in root.iterfind(".//h:section/h:component/h:section/h:text//h:td", NS)
               if (td.text or "").startswith("Absence de germe")]
