@@ -20,10 +20,10 @@ import pybase64
 from hub.errors import ParseError, TransformError
 from hub.transform.build import mss
 from hub.transform.build.cda import finish, n1_frame
-from hub.transform.build.cda_bio import CHAPTERS, INTERPRETATION, build_cr_bio_n3
+from hub.transform.build.cda_bio import CHAPTERS, INTERPRETATION, build_cr_bio_n3, in_entries
 from hub.transform.build.pdf_report import render_report
 from hub.transform.build.xdm import build_xdm, read_xdm
-from hub.transform.model import LabReport
+from hub.transform.model import FINAL, NOT_ASKED, PRELIMINARY, WITHDRAWN, LabReport
 from hub.transform.parse import metadata as md
 from hub.transform.parse.cda_info import CdaInfo, read_cda
 from hub.transform.parse.cisis import build_ack, read_cisis
@@ -138,6 +138,7 @@ def _package(ctx: Context, steps: Steps, top, docs: list[tuple[CdaInfo, bytes]],
                             recipients=list(recipients or []), ack=ack)
 
 
+_RESULT_STATUS = {"hprim_sante": "OBX-11", "hprim_net": "RES field 9", "hl7_oru": "OBX-11"}
 _DATED_BY = {"hprim_sante": "H-14 and OBR-22", "hprim_net": "line 10 (date of the report)",
              "hl7_oru": "MSH-7 and OBR-22"}
 
@@ -156,9 +157,28 @@ def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: b
     if not report.sender.family:
         warnings.append("no name for the validating biologist: sent as nullFlavor UNK")
     for res in report.results:
-        if res.flag and res.flag.upper() not in INTERPRETATION:
-            warnings.append(f"flag {res.flag!r} of {res.local_code or res.loinc!r} is not an HL7 interpretation code: "
-                            "written in the narrative only")
+        code = res.local_code or res.loinc
+        for flag in res.flags:
+            if flag.upper() not in INTERPRETATION:
+                warnings.append(f"flag {flag!r} of {code!r} is not an HL7 interpretation code: written in the "
+                                "narrative only")
+        if res.file_reference:
+            warnings.append(f"result {code!r} is a file reference (OBX type {res.value_type}): the file is not part of "
+                            "the report; not sent as a result value")
+        elif res.state in (WITHDRAWN, NOT_ASKED):
+            warnings.append(f"result {code!r} has status {res.status!r} ("
+                            + ("deleted or posted in error" if res.state == WITHDRAWN else "not asked")
+                            + "): not sent as a result")
+        elif res.state in (FINAL, PRELIMINARY) and not res.value.strip():
+            warnings.append(f"result {code!r} has no value: written in the narrative only")
+    if not any(in_entries(r) for r in report.results):
+        raise ParseError("the report has no result to file: every result is still to come, withdrawn, without a "
+                         "value or a file reference", where=_RESULT_STATUS.get(report.source, "result status"))
+    if any(r.status.strip().upper() == "C" for r in report.results):
+        warnings.append("corrected result(s) (OBX-11 C): sent as a new report, marked 'résultat corrigé'; the report "
+                        "they correct is not replaced (no RPLC association)")
+    if report.partial:
+        warnings.append("partial report (a request or a result not final): sent as a partial report (active)")
     if not report.patient.ins_oid:
         warnings.append("no qualified INS: patient identified by the lab's local id")
     elif not report.patient.birth_place_cog:
@@ -229,6 +249,9 @@ def hl7_oru_to_cda_xdm(ctx: Context, message: bytes, params: Mapping[str, Any]) 
     report, warnings = _lab_report(ctx, read_lab_oru(parse_er7(raw)), top, parts, params)
     seed, now, steps = hashlib.sha256(message).digest(), _now(params), Steps()
     pdf = _pdf(parts)
+    if pdf is None and report.pdf:      # the lab's PDF copy in an OBX ED: the copy, and attached as a mail part
+        _complete_pdf(report.pdf[-1024:], "OBX-5 (the PDF)")
+        pdf = (report.pdf, "compte-rendu.pdf")
     data, info = _lab_to_cda(ctx, steps, report, "oru_to_cda_n3", raw, params, seed, now,
                              pdf[0] if pdf else None, warnings)
     return _package(ctx, steps, top, [(info, data)], params, seed, now, pdf=pdf)

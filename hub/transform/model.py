@@ -23,6 +23,22 @@ _LOINC_SYSTEMS = frozenset({"LN", "LOINC", LOINC})     # the names senders give 
 _NIR = re.compile(r"[1-478]\d{4}(?:\d{2}|2[AB])\d{8}")
 
 
+# What a result's status (HL7 OBX-11, table 0085; HPRIM Santé OBX-11 and HPRIM Net field 9 use the same letters)
+# makes of it in the report: FINAL and PRELIMINARY results have a value (a preliminary one is not validated yet);
+# a PENDING one has none yet (results to come); a CANCELLED one will never come (cannot be obtained); a WITHDRAWN
+# one was deleted or posted in error (its value must not be shown); a NOT_ASKED one was not part of the request.
+FINAL, PRELIMINARY, PENDING, CANCELLED, WITHDRAWN, NOT_ASKED = ("final", "preliminary", "pending", "cancelled",
+                                                                 "withdrawn", "not_asked")
+RESULT_STATES = {"F": FINAL, "C": FINAL, "U": FINAL, "P": PRELIMINARY, "R": PRELIMINARY, "S": PRELIMINARY,
+                 "I": PENDING, "O": PENDING, "X": CANCELLED, "D": WITHDRAWN, "W": WITHDRAWN, "N": NOT_ASKED}
+# A request's status (HL7 OBR-25, table 0123; HPRIM Santé OBR-25): final, partial (some results not final or still
+# to come), or cancelled (no results: order cancelled). Empty: as its results say.
+REQUEST_FINAL = frozenset({"", "F", "C"})
+REQUEST_PARTIAL = frozenset({"O", "I", "S", "A", "P", "R"})
+REQUEST_CANCELLED = frozenset({"X"})
+REQUEST_STATES = REQUEST_FINAL | REQUEST_PARTIAL | REQUEST_CANCELLED
+
+
 def birth_given_names(first: str, listed: str) -> str:
     """All birth given names from the first one and the list a sender gives beside it (HL7 PID-5.3, HPRIM P-5.3):
     the list already starts with the first given name in the French profiles; when it does not, it holds the
@@ -95,8 +111,8 @@ class Result:
     range_low: str = ""
     range_high: str = ""
     range_text: str = ""
-    flag: str = ""                    # N, L, H, LL, HH, A, AA
-    status: str = "F"
+    flags: tuple[str, ...] = ()       # N, L, H, LL, HH, A, AA... (OBX-8 repeats: `H~A`)
+    status: str = "F"                 # OBX-11 (RESULT_STATES)
     observed_at: str = ""             # YYYYMMDD[HHMM[SS]]: specimen / observation time (OBX-14)
     comments: tuple[str, ...] = ()
     code_system: str = "L"            # "L" local, "LN" LOINC
@@ -113,6 +129,22 @@ class Result:
     range2_high: str = ""
     battery: int = 0                  # 1-based index in LabReport.batteries; 0: none
     observer: "Party | None" = None   # the biologist who validated this result (OBX-16 / OBX-25), when given
+
+    @property
+    def flag(self) -> str:
+        """The first abnormal flag (the only one, for most results)."""
+        return self.flags[0] if self.flags else ""
+
+    @property
+    def state(self) -> str:
+        """FINAL, PRELIMINARY, PENDING, CANCELLED, WITHDRAWN or NOT_ASKED (the parsers refuse other statuses)."""
+        return RESULT_STATES.get(self.status.strip().upper(), FINAL)
+
+    @property
+    def file_reference(self) -> bool:
+        """HPRIM OBX type FIC, HL7 OBX type RP (reference pointer): the value names a file (an image, a PDF) or
+        where to fetch it, not a result."""
+        return self.value_type in ("FIC", "RP")
 
     @property
     def range_display(self) -> str:
@@ -135,6 +167,8 @@ class Battery:
     label: str = ""
     loinc: str = ""
     loinc_label: str = ""
+    status: str = ""                  # OBR-25 (REQUEST_STATES); empty: not given
+    comments: tuple[str, ...] = ()    # NTE after the OBR (HPRIM: C after the OBR): on this request
 
 
 @dataclass(frozen=True)
@@ -154,6 +188,14 @@ class LabReport:
     source: str = ""                  # "hprim_sante", "hprim_net", "hl7_oru"
     batteries: tuple[Battery, ...] = ()
     validated_at: str = ""            # last validation by the biologist, when given apart from report_date
+    pdf: bytes = b""                  # the lab's PDF of the report, when the lab file carries it (HL7 OBX ED)
+
+    @property
+    def partial(self) -> bool:
+        """A partial report (CR-BIO `active`): a request not final (OBR-25), or a result preliminary or to come."""
+        return (self.status.strip().upper() in REQUEST_PARTIAL
+                or any(b.status.strip().upper() in REQUEST_PARTIAL for b in self.batteries)
+                or any(r.state in (PRELIMINARY, PENDING) for r in self.results))
 
     def with_results(self, results: tuple[Result, ...]) -> "LabReport":
         return replace(self, results=results)

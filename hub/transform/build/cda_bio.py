@@ -10,8 +10,12 @@ unit, second value, range, flag, comments) and one DRIV entry: each requested ba
 organizer BATTERY, each result an observation with LOINC (or the laboratory's code system), UCUM PQ value (its second
 unit as PQ translation) or text when the unit is not UCUM, interpretationCode, IVL_PQ reference range (open bounds
 kept open), analysis time (OBX-19) on a FR-Laboratoire-executant performer, and comment entries (IHE + CCD + CI-SIS
-template ids) pointing at the narrative. Report-level comments go to a FR-Commentaire-non-code section. Then the
-FR-Document-PDF-copie section with the laboratory's PDF, or the hub's rendering (`build.pdf_report`).
+template ids) pointing at the narrative. Statuses follow the input (XD-LAB): a preliminary result is `completed`
+(CR-BIO allows no other status with a value) inside an `active` battery, a cancelled one `aborted`; a result to
+come, withdrawn or a file reference is no observation, only a narrative row saying so; the act and the serviceEvent
+`lab:statusCode` are `active` for a partial report (`LabReport.partial`). Report-level comments go to a
+FR-Commentaire-non-code section. Then the FR-Document-PDF-copie section with the laboratory's PDF, or the hub's
+rendering (`build.pdf_report`).
 Inputs are trusted model objects; the hub OID, time zone and value sets are arguments. Validation:
 `hub.transform.build.cda.finish` (XSD) and `hub.transform.validate.schematron` (ANS rules).
 """
@@ -23,8 +27,9 @@ from datetime import tzinfo
 
 from hub.transform.build.cda import (DOC_LABELS, T_CISIS, T_CRBIO, T_HL7FR, T_XDLAB, Header, addr_xml, coded,
                                      encounter_xml, entity, header_xml, name_xml, person_id, telecom_xml, ts_el, x)
-from hub.transform.model import LOINC, LabReport, Party, Result
-from hub.transform.terminology.dates import decimal, is_decimal
+from hub.transform.model import (CANCELLED, FINAL, LOINC, NOT_ASKED, PENDING, PRELIMINARY, REQUEST_PARTIAL, WITHDRAWN,
+                                 Battery, LabReport, Party, Result)
+from hub.transform.terminology.dates import decimal, is_decimal, parse_range
 from hub.transform.terminology.units import UCUM_SYSTEM
 from hub.transform.terminology.valuesets import PRACTICE_SETTING, ValueSets
 
@@ -48,8 +53,6 @@ INTERPRETATION = {"N": "Normal", "L": "Bas", "H": "Haut", "LL": "Critique bas", 
                   "CAR": "Porteur d'une forme altérée d'un gène", "EXP": "Attendu", "UNE": "Inattendu",
                   "IE": "Preuves insuffisantes", "NCL": "Pas de standard défini"}
 BIOLOGY = "G15_10/SM03"
-_STATUS = {"F": "completed", "C": "completed", "P": "active", "I": "active", "R": "active", "X": "aborted",
-           "D": "aborted"}
 _LAB_EXEC = "1.3.6.1.4.1.19376.1.3.3.1.7"
 _COMMENT_IDS = ('<templateId root="1.3.6.1.4.1.19376.1.5.3.1.4.2"/><templateId root="2.16.840.1.113883.10.20.1.40"/>'
                 '<templateId root="1.2.250.1.213.1.1.3.32"/>')
@@ -70,9 +73,20 @@ def _pq(res: Result) -> bool:
     return res.value_type in ("NM", "SN") and is_decimal(res.value) and bool(res.ucum or not res.unit)
 
 
+def _interval(res: Result, unit: str) -> str:
+    """A numeric result written with a comparator or as a span (`<0.5`, `>= 60`, SN `^10^-^20`): an IVL_PQ (XD-LAB's
+    type for such results) whose bound is open when the comparator is strict; '' when the value is no such shape."""
+    low, high, low_open, high_open = parse_range(res.value)
+    if not (low or high):
+        return ""
+    bounds = "".join(f'<{tag} value="{x(v)}" unit="{x(unit)}"' + (' inclusive="false"' if open_ else "") + "/>"
+                     for tag, v, open_ in (("low", low, low_open), ("high", high, high_open)) if v)
+    return f'<value xsi:type="IVL_PQ">{bounds}</value>'
+
+
 def _value(res: Result) -> tuple[str, str]:
-    """(value element, unit used for the range) - PQ when numeric with a UCUM unit (or none), else ST with the
-    unit as the laboratory wrote it. The HPRIM Net second value goes as a PQ translation when its unit is UCUM."""
+    """(value element, unit used for the range) - PQ when numeric with a UCUM unit (or none), IVL_PQ when it is a
+    bound or a span (`<0.5`, `>=60`, `10-20`), else ST with the unit as the laboratory wrote it. The HPRIM Net second value goes as a PQ translation when its unit is UCUM."""
     if _pq(res):
         unit = res.ucum or "1"
         second = (f'<translation value="{x(decimal(res.value2))}" code="{x(res.ucum2)}" '
@@ -80,8 +94,18 @@ def _value(res: Result) -> tuple[str, str]:
                   if res.value2 and res.ucum2 and is_decimal(res.value2) else "")
         return (f'<value xsi:type="PQ" value="{x(decimal(res.value))}" unit="{x(unit)}">{second}</value>'
                 if second else f'<value xsi:type="PQ" value="{x(decimal(res.value))}" unit="{x(unit)}"/>'), unit
-    text = f"{res.value} {res.unit}".strip()
-    return f'<value xsi:type="ST">{x(text)}</value>', ""
+    if res.value_type in ("NM", "SN") and (res.ucum or not res.unit):
+        unit = res.ucum or "1"
+        interval = _interval(res, unit)
+        if interval:
+            return interval, unit
+    return f'<value xsi:type="ST">{x(with_unit(res.value, res.unit))}</value>', ""
+
+
+def with_unit(value: str, unit: str) -> str:
+    """A text result with its unit when it is a quantity (`180 UA/ml`, `<0,5 UA/ml`); a word (`non rendu`,
+    `traces`, `Positif`) without it: `non rendu mmol/L` is no result."""
+    return f"{value} {unit}".strip() if any(c.isdigit() for c in value) else value
 
 
 def _range(res: Result, unit: str) -> str:
@@ -115,79 +139,168 @@ def _lab_performer(lab: Party, when: str, tz: tzinfo, vs: ValueSets, setting: st
             + entity(lab, vs, specialty=BIOLOGY, org_extra=setting) + "</assignedEntity></performer>")
 
 
+def _interpretations(res: Result) -> str:
+    """One interpretationCode per flag of the ANS value set (OBX-8 repeats: `H~A` is high and abnormal; XD-LAB and
+    CR-BIO allow several); the other flags go in the narrative only (with a warning from the chain)."""
+    return "".join(f'<interpretationCode code="{x(f)}" displayName="{INTERPRETATION[f]}" '
+                   'codeSystem="2.16.840.1.113883.5.83"/>'
+                   for f in dict.fromkeys(f.upper() for f in res.flags) if f in INTERPRETATION)
+
+
+def in_entries(res: Result) -> bool:
+    """A result written as a structured observation: it has a value (final or preliminary: CR-BIO allows only
+    `completed` or `aborted` on an observation, so a preliminary result is `completed` inside an `active` battery),
+    or it was cancelled (`aborted`: the result will never come). A result to come, one deleted or posted in error,
+    one not asked, a file reference (HPRIM FIC, HL7 RP) and a line without any value (a title such as `Formule
+    leucocytaire`) are no observation: the narrative says what they are."""
+    if res.file_reference:
+        return False
+    return res.state == CANCELLED or (res.state in (FINAL, PRELIMINARY) and bool(res.value.strip()))
+
+
+def is_date_value(res: Result) -> bool:
+    """A date as the result (HL7 OBX-2 DT / TS / DTM, checked by the parser)."""
+    return res.value_type in ("DT", "TS", "DTM") and res.value[:8].isdigit()
+
+
+def date_display(value: str) -> str:
+    """`20250310[0930]` -> `10/03/2025[ 09:30]`: a date as a French reader reads it."""
+    out = f"{value[6:8]}/{value[4:6]}/{value[:4]}"
+    return out + (f" {value[8:10]}:{value[10:12]}" if len(value) >= 12 and value[8:12].isdigit() else "")
+
+
 def _observation(res: Result, n: int, when: str, local_system: str, tz: tzinfo, lab: Party, vs: ValueSets,
                  setting: str) -> str:
-    value, unit = _value(res)
-    flag = res.flag.upper()
-    interp = (f'<interpretationCode code="{x(flag)}" displayName="{INTERPRETATION[flag]}" '
-              f'codeSystem="2.16.840.1.113883.5.83"/>' if flag in INTERPRETATION else "")
     who = lab if res.observer is None else replace(lab, rpps=res.observer.rpps, family=res.observer.family,
                                                    given=res.observer.given)
     performer = _lab_performer(who, res.analysed_at, tz, vs, setting) if res.analysed_at else ""
     notes = "".join(_comment(f"res-{n}-c{k}") for k in range(1, len(res.comments) + 1))
+    if res.state == CANCELLED:          # no value, no interpretation, no range: the result will never come
+        status, value, interp, rng = "aborted", "", "", ""
+    elif is_date_value(res):            # TS, its zone added as for every CDA time
+        status, value, interp, rng = "completed", ts_el("value", res.value, tz, ' xsi:type="TS"'), "", ""
+    else:
+        value, unit = _value(res)
+        status, interp, rng = "completed", _interpretations(res), _range(res, unit)
     return ('<entryRelationship typeCode="COMP"><observation classCode="OBS" moodCode="EVN">'
             '<templateId root="1.3.6.1.4.1.19376.1.3.1.6"/><templateId root="1.2.250.1.213.1.1.3.80"/>'
-            + _code(res, f"res-{n}", local_system)
-            + f'<statusCode code="{_STATUS.get(res.status.upper(), "completed")}"/>'
+            + _code(res, f"res-{n}", local_system) + f'<statusCode code="{status}"/>'
             + ts_el("effectiveTime", res.observed_at or when, tz) + value + interp + performer + notes
-            + _range(res, unit) + "</observation></entryRelationship>")
+            + rng + "</observation></entryRelationship>")
+
+
+def _battery_status(results: list[Result], battery: Battery) -> str:
+    """XD-LAB: `active` while a result of the battery is not final (preliminary, to come, or the request's OBR-25
+    says so), `aborted` when every result was cancelled, else `completed`."""
+    if battery.status.strip().upper() in REQUEST_PARTIAL or any(r.state in (PRELIMINARY, PENDING) for r in results):
+        return "active"
+    written = [r for r in results if in_entries(r)]
+    return "aborted" if written and all(r.state == CANCELLED for r in written) else "completed"
 
 
 def _entries(report: LabReport, when: str, local_system: str, tz: tzinfo, vs: ValueSets, setting: str) -> str:
-    """Results in order; consecutive results of one battery inside its BATTERY organizer."""
+    """Results in order (numbered as in the narrative); consecutive results of one battery inside its BATTERY
+    organizer. Only the results `in_entries` are observations."""
     out: list[str] = []
-    n = 0
-    results = list(report.results)
+    results = list(enumerate(report.results, 1))
     i = 0
     while i < len(results):
-        res = results[i]
+        n, res = results[i]
         b = report.batteries[res.battery - 1] if 0 < res.battery <= len(report.batteries) else None
         if b is None or not (b.loinc or b.local_code):
-            n += 1
-            out.append(_observation(res, n, when, local_system, tz, report.sender, vs, setting))
+            if in_entries(res):
+                out.append(_observation(res, n, when, local_system, tz, report.sender, vs, setting))
             i += 1
             continue
-        group = []
-        while i < len(results) and results[i].battery == res.battery:
-            n += 1
-            obs = _observation(results[i], n, when, local_system, tz, report.sender, vs, setting)
-            group.append(obs.replace('<entryRelationship typeCode="COMP">', "<component>", 1)
-                         .removesuffix("</entryRelationship>") + "</component>")
+        group, members = [], []
+        while i < len(results) and results[i][1].battery == res.battery:
+            n, member = results[i]
+            members.append(member)
+            if in_entries(member):
+                obs = _observation(member, n, when, local_system, tz, report.sender, vs, setting)
+                group.append(obs.replace('<entryRelationship typeCode="COMP">', "<component>", 1)
+                             .removesuffix("</entryRelationship>") + "</component>")
             i += 1
+        if not group:                   # every result of the battery to come or withdrawn: the narrative says so
+            continue
         code = (f'<code code="{x(b.loinc)}" codeSystem="{LOINC}" codeSystemName="LOINC" '
                 f'displayName="{x(b.loinc_label or b.label)}"/>' if b.loinc else
                 f'<code code="{x(b.local_code)}" codeSystem="{x(local_system)}" displayName="{x(b.label)}"/>')
+        notes = "".join(_comment(f"bat-{res.battery}-c{k}").replace("entryRelationship", "component")
+                        for k in range(1, len(b.comments) + 1))
         out.append('<entryRelationship typeCode="COMP"><organizer classCode="BATTERY" moodCode="EVN">'
-                   '<templateId root="1.3.6.1.4.1.19376.1.3.1.4"/>' + code + '<statusCode code="completed"/>'
-                   + "".join(group) + "</organizer></entryRelationship>")
+                   '<templateId root="1.3.6.1.4.1.19376.1.3.1.4"/>' + code
+                   + f'<statusCode code="{_battery_status(members, b)}"/>'
+                   + "".join(group) + notes + "</organizer></entryRelationship>")
     return "".join(out)
+
+
+# What the narrative and the PDF copy say of a result that is not final, in place of (or beside) its value
+STATE_NOTES = {PRELIMINARY: "provisoire", PENDING: "en cours", CANCELLED: "non réalisé",
+               WITHDRAWN: "annulé par le laboratoire", NOT_ASKED: "non demandé"}
+FILE_NOTE = "fichier du laboratoire, non transmis"
+CORRECTED_NOTE = "résultat corrigé"
+PARTIAL_NOTE = "Compte rendu partiel : certains résultats sont provisoires ou en cours."
+
+
+def shown_value(res: Result) -> tuple[str, str]:
+    """(value as shown, note) for the narrative and the PDF copy: a value that must not be read as a result (to
+    come, withdrawn, not asked, a file name) is never shown; the note says what the result is."""
+    if res.file_reference:
+        return "", FILE_NOTE
+    if res.state in (PENDING, WITHDRAWN, NOT_ASKED):
+        return "", STATE_NOTES[res.state]
+    if res.state == CANCELLED:          # the lab's text, if any, says why (hémolysé, prélèvement insuffisant)
+        return res.value, STATE_NOTES[CANCELLED]
+    value = date_display(res.value) if is_date_value(res) else res.value
+    if res.status.strip().upper() == "C":
+        return value, CORRECTED_NOTE
+    return value, STATE_NOTES.get(res.state, "")
+
+
+def _lines(text: str) -> str:
+    """Text for the narrative with its line breaks kept (a TX / FT result, an NTE with `\\.br\\`): in the CDA
+    narrative, only `<br/>` breaks a line."""
+    return "<br/>".join(x(line) for line in text.split("\n"))
 
 
 def _narrative(report: LabReport) -> str:
     rows = []
     battery = 0
     for n, res in enumerate(report.results, 1):
+        if res.state == NOT_ASKED:
+            continue
         if res.battery != battery and 0 < res.battery <= len(report.batteries):
             b = report.batteries[res.battery - 1]
             if b.label or b.loinc_label:
                 rows.append(f'<tr><td colspan="5"><content styleCode="Bold">{x(b.label or b.loinc_label)}'
                             "</content></td></tr>")
+            rows.extend(f'<tr><td colspan="5"><content ID="bat-{res.battery}-c{k}">{_lines(c)}</content></td></tr>'
+                        for k, c in enumerate(b.comments, 1))
         battery = res.battery
-        notes = "".join(f'<br/><content ID="res-{n}-c{k}">{x(c)}</content>' for k, c in enumerate(res.comments, 1))
-        second = f"<br/>{x(res.value2)} {x(res.unit2)}" if res.value2 else ""
+        value, note = shown_value(res)
+        notes = "".join(f'<br/><content ID="res-{n}-c{k}">{_lines(c)}</content>'
+                        for k, c in enumerate(res.comments, 1))
+        state = f'<content styleCode="Italics">{x(note)}</content>' if note else ""
+        cell = _lines(value) + ("<br/>" if value and state else "") + state
+        full = in_entries(res) and res.state != CANCELLED
+        second = f"<br/>{x(res.value2)} {x(res.unit2)}" if res.value2 and full else ""
         rng2 = (f"<br/>{x(res.range2_low)} - {x(res.range2_high)}" if res.range2_low and res.range2_high else "")
+        flags = ", ".join(INTERPRETATION.get(f.upper(), f) for f in res.flags) if full else ""
         rows.append(f'<tr><td><content ID="res-{n}">{x(res.label or res.loinc_label or res.local_code)}</content>'
-                    f"{notes}</td><td>{x(res.value)}{second}</td><td>{x(res.unit)}</td>"
-                    f"<td>{x(res.range_display)}{rng2}</td><td>{x(INTERPRETATION.get(res.flag.upper(), res.flag))}"
-                    "</td></tr>")
-    return ("<text><table><thead><tr><th>Examen</th><th>Résultat</th><th>Unité</th><th>Valeurs de référence</th>"
-            "<th>Interprétation</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></text>")
+                    f"{notes}</td><td>{cell}{second}</td><td>{x(res.unit) if full else ''}</td>"
+                    f"<td>{x(res.range_display)}{rng2}</td><td>{x(flags)}</td></tr>")
+    partial = f'<paragraph><content styleCode="Bold">{x(PARTIAL_NOTE)}</content></paragraph>' if report.partial \
+        else ""
+    return ("<text>" + partial + "<table><thead><tr><th>Examen</th><th>Résultat</th><th>Unité</th>"
+            "<th>Valeurs de référence</th><th>Interprétation</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table></text>")
 
 
 def _comments_section(report: LabReport, root: str, ext: str) -> str:
     if not report.comments:
         return ""
-    text = "".join(f"<paragraph>{x(c)}</paragraph>" for c in report.comments)
+    text = "".join(f"<paragraph>{_lines(c)}</paragraph>" for c in report.comments)
     return ('<component><section><templateId root="2.16.840.1.113883.10.12.201"/>'
             '<templateId root="1.3.6.1.4.1.19376.1.4.1.2.16"/>'
             f'<id root="{x(root)}.8" extension="{x(ext)}"/>'
@@ -249,8 +362,9 @@ def build_cr_bio_n3(report: LabReport, *, doc_id_root: str, doc_id_ext: str, loc
                     'codeSystemName="LOINC"/>')
     start = report.received_at or report.collected_at or released
     setting = coded("standardIndustryClassCode", practice_setting, PRACTICE_SETTING, vs)
+    status = "active" if report.partial else "completed"      # XD-LAB: a partial report is active
     service = (
-        "<documentationOf><serviceEvent>" + chapter_code + '<lab:statusCode code="completed"/><effectiveTime>'
+        "<documentationOf><serviceEvent>" + chapter_code + f'<lab:statusCode code="{status}"/><effectiveTime>'
         + ts_el("low", start, tz) + ts_el("high", released, tz) + "</effectiveTime>"
         + _lab_performer(author, released, tz, vs, setting) + "</serviceEvent></documentationOf>")
     order = (f'<inFulfillmentOf><order><id root="{x(local_id_root)}.9" extension="{x(report.order_id)}"/>'
@@ -267,7 +381,7 @@ def build_cr_bio_n3(report: LabReport, *, doc_id_root: str, doc_id_ext: str, loc
         + "<component><section>" + sections + _narrative(report)
         + '<entry typeCode="DRIV"><templateId root="1.3.6.1.4.1.19376.1.3.1"/>'
         '<templateId root="1.2.250.1.213.1.1.3.21"/><act classCode="ACT" moodCode="EVN">' + chapter_code
-        + '<statusCode code="completed"/>' + _entries(report, when, local_code_system, tz, vs, setting)
+        + f'<statusCode code="{status}"/>' + _entries(report, when, local_code_system, tz, vs, setting)
         + "</act></entry></section></component></section></component>"
         + _comments_section(report, doc_id_root, doc_id_ext) + pdf_section(pdf_b64, doc_id_root, doc_id_ext)
         + "</structuredBody></component>")

@@ -3,7 +3,9 @@ FR-Document-PDF-copie section in every report).
 
 Rendered with ReportLab (`reportlab`, the PDF library; no PDF syntax written here) from the structured `LabReport`:
 laboratory, patient (names, birth date, sex, INS), prescriber, dates, every result with its value, unit, second
-value, reference range and flag, comments, and who validated it. A4, Helvetica, as many pages as the results need
+value, reference range and flags (a preliminary one "provisoire", one to come "en cours", a cancelled one "non
+réalisé", a withdrawn one "annulé par le laboratoire" without its value; "Compte rendu partiel" under the title when
+the report is), comments, and who validated it. A4, Helvetica, as many pages as the results need
 (numbered). ReportLab's open-source edition does not write PDF/A (that needs embedded fonts and an output intent,
 only in its commercial edition), so this is a plain PDF 1.4; the text is what the CDA says, so the GP's software
 shows the same report whether it reads the structured entries or the copy.
@@ -18,9 +20,11 @@ import io
 
 from reportlab import rl_config
 from reportlab.lib.pagesizes import A4
+from reportlab.lib.utils import simpleSplit
 from reportlab.pdfgen import canvas
 
-from hub.transform.model import LabReport, Patient
+from hub.transform.build.cda_bio import PARTIAL_NOTE, in_entries, shown_value, with_unit
+from hub.transform.model import CANCELLED, NOT_ASKED, LabReport, Patient
 
 rl_config.useA85 = 0          # binary Flate streams: smaller, and no ASCII85 pass (only the hub uses ReportLab)
 TITLE = "Compte rendu d'examens biologiques"
@@ -28,14 +32,30 @@ SEX = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
 FLAGS = {"L": "bas", "H": "haut", "LL": "critique bas", "HH": "critique haut", "A": "anormal",
          "AA": "critique anormal", "N": ""}
 _WIDTH, _HEIGHT = A4
-_LEFT, _TOP, _BOTTOM = 42, _HEIGHT - 48, 54
+_LEFT, _RIGHT, _TOP, _BOTTOM = 42, _WIDTH - 42, _HEIGHT - 48, 54
 _LINE = 12.5
-_COLUMNS = (_LEFT, 250, 380, 500)          # analyte, result, reference, flag
+_GUTTER = 6                                # between two columns
+_COLUMNS = (_LEFT, 235, 355, 465)          # analyte, result, reference, flags
 
 
 def _latin(text: str) -> str:
     """Helvetica (a standard PDF font) covers Windows-1252: anything else shows as '?'."""
     return text.encode("cp1252", "replace").decode("cp1252")
+
+
+def _wrap(text: str, font: tuple[str, float], width: float) -> list[str]:
+    """The lines of `text` (its own line breaks, then words) that fit in `width` points; a text indented (a
+    comment under its result) keeps its indent on every line."""
+    indent = text[: len(text) - len(text.lstrip(" "))]
+    out: list[str] = []
+    for part in text.split("\n"):
+        part = indent + part.lstrip(" ") if indent else part
+        if len(part) * font[1] * 1.02 <= width:     # no Helvetica glyph is wider than 1.02 em: fits, unmeasured
+            out.append(part)
+        else:
+            out.extend(indent + line for line in simpleSplit(part, font[0], font[1], width - len(indent) * 2.5)
+                       or [""])
+    return out
 
 
 def _date(value: str) -> str:
@@ -58,21 +78,28 @@ class _Page:
         self.font: tuple[str, float] | None = None
 
     def line(self, *cells: str, bold: bool = False, size: float = 9) -> None:
-        if self.y < _BOTTOM:
-            self.flush(last=False)
-            self.c.showPage()
-            self.number += 1
-            self.y = _TOP
-            self._begin()
+        """One row: each cell in its column, wrapped to the column's width (and at its own line breaks) over as
+        many lines as it needs: nothing the laboratory wrote is cut."""
         font = ("Helvetica-Bold" if bold else "Helvetica", size)
-        if font != self.font:               # a font operator only where the font changes
-            self.text.setFont(*font)
-            self.font = font
-        for x, cell in zip(_COLUMNS, cells):
-            if cell:                        # each cell placed by its origin: textLine, which measures no width
-                self.text.setTextOrigin(x, self.y)
-                self.text.textLine(_latin(cell)[:96 if x == _LEFT and len(cells) == 1 else 44])
-        self.y -= _LINE if size <= 9 else _LINE + 4
+        xs = (_LEFT,) if len(cells) == 1 else _COLUMNS
+        bounds = (*xs[1:], _RIGHT + _GUTTER)
+        wrapped = [_wrap(_latin(cell), font, right - left - _GUTTER) if cell else []
+                   for left, right, cell in zip(xs, bounds, cells)]
+        for k in range(max(map(len, wrapped), default=0) or 1):
+            if self.y < _BOTTOM:
+                self.flush(last=False)
+                self.c.showPage()
+                self.number += 1
+                self.y = _TOP
+                self._begin()
+            if font != self.font:               # a font operator only where the font changes
+                self.text.setFont(*font)
+                self.font = font
+            for x, lines in zip(xs, wrapped):
+                if k < len(lines) and lines[k]:  # each cell placed by its origin: textLine measures no width
+                    self.text.setTextOrigin(x, self.y)
+                    self.text.textLine(lines[k])
+            self.y -= _LINE if size <= 9 else _LINE + 4
 
     def gap(self, n: float = 0.5) -> None:
         self.y -= _LINE * n
@@ -105,6 +132,8 @@ def render_report(report: LabReport) -> bytes:
     page = _Page(c)
     s = report.sender
     page.line(TITLE, bold=True, size=13)
+    if report.partial:
+        page.line(PARTIAL_NOTE, bold=True)
     page.line(" ".join(x for x in (s.org_name, f"(FINESS {s.org_finess})" if s.org_finess else "") if x), bold=True)
     for a in s.addr:
         page.line(a)
@@ -123,15 +152,22 @@ def render_report(report: LabReport) -> bytes:
     page.line("Analyse", "Résultat", "Valeurs de référence", "", bold=True)
     battery = 0
     for res in report.results:
+        if res.state == NOT_ASKED:
+            continue
         if res.battery != battery and 0 < res.battery <= len(report.batteries):
             b = report.batteries[res.battery - 1]
             if b.label or b.loinc_label:
                 page.line((b.label or b.loinc_label).upper(), bold=True)
+            for note in b.comments:
+                page.line("    " + note)
         battery = res.battery
-        value = " ".join(x for x in (res.value, res.unit) if x)
-        page.line(res.label or res.loinc_label or res.local_code, value, res.range_display,
-                  FLAGS.get(res.flag.upper(), res.flag))
-        if res.value2:
+        shown, note = shown_value(res)
+        full = in_entries(res) and res.state != CANCELLED
+        value = with_unit(shown, res.unit if full else "")
+        flags = [FLAGS.get(f.upper(), f) for f in res.flags] if full else []
+        page.line(res.label or res.loinc_label or res.local_code, value or note, res.range_display,
+                  ", ".join(x for x in (*flags, note if value else "") if x))
+        if res.value2 and full:
             second = " ".join(x for x in (res.value2, res.unit2) if x)
             rng = f"{res.range2_low} - {res.range2_high}" if res.range2_low and res.range2_high else ""
             page.line("", second, rng)

@@ -64,6 +64,12 @@ class Detection:
         return next((d for d in self.parts if d.kind == kind), None)
 
 
+def _structured_obx(fs: bytes) -> re.Pattern:
+    """An OBX whose value type is not ED (NM, ST, CE, SN, TX...): a result, not a carried document."""
+    f = re.escape(fs)
+    return re.compile(rb"(?:^|[\r\n])OBX" + f + rb"[^\r\n" + f + rb"]*" + f + rb"(?!ED" + f + rb")[A-Z]{2,3}" + f)
+
+
 def _hl7(head: bytes, whole: bytes | None) -> tuple[str, str, str]:
     text = head.lstrip(b"\x0b")
     fs = text[3:4]
@@ -80,6 +86,8 @@ def _hl7(head: bytes, whole: bytes | None) -> tuple[str, str, str]:
         rest = re.search(rb"[\r\n]", data[ed.end():])
         line = data[ed.start():ed.end() + (rest.start() if rest else len(data))]
         pdf = re.search(rb"(?i)" + cs + rb"(?:application|AP)?" + cs + rb"pdf" + cs + rb"base64" + cs, line)
+    if ed and pdf and kind == "hl7_oru" and not cisis and _structured_obx(fs).search(data):
+        return kind, "11502-2", "lab3"      # LAB-3 results with the lab's PDF copy of the report in an OBX ED
     if ed and pdf:
         code = ed.group(1).split(text[4:5])[0].decode("latin-1")
         return kind, code, "pdf"            # an MDM^T02 / ORU carrying a PDF: the PDF-letter chain's input

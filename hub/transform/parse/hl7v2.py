@@ -8,12 +8,13 @@ Reads no settings.
 
 from __future__ import annotations
 
+import binascii
 import re
 from dataclasses import dataclass, replace
 
 from hub.errors import ParseError
-from hub.transform.model import (INS_OIDS, Battery, LabReport, Party, Patient, Result, birth_given_names,
-                                 is_loinc_system, is_nir)
+from hub.transform.model import (INS_OIDS, REQUEST_STATES, RESULT_STATES, Battery, LabReport, Party, Patient,
+                                 Result, birth_given_names, is_loinc_system, is_nir)
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, is_decimal, norm_ts, parse_range
 
@@ -102,10 +103,23 @@ class Er7:
         return c + [""] * (n - len(c))
 
 
+_LATIN9 = frozenset({"8859/15", "ISO-8859-15", "ISO8859-15", "LATIN-9"})
+
+
+def _declared_charset(data: bytes) -> str:
+    """MSH-18 (character set, HL7 table 0211) read from the raw MSH (its first field is ASCII): 'iso-8859-15' when
+    it names Latin-9, else '' (UTF-8 is recognised by decoding, `8859/1` is the default)."""
+    msh = _SEGMENTS.split(data[:4096].decode("ascii", "replace"), 1)[0].lstrip("\x0b")
+    if not msh.startswith("MSH") or len(msh) < 4:
+        return ""
+    fields = msh.split(msh[3])
+    return "iso-8859-15" if len(fields) > 17 and fields[17].strip().upper() in _LATIN9 else ""
+
+
 def parse_er7(data: bytes) -> Er7:
     if not isinstance(data, (bytes, bytearray)):
         raise ParseError("HL7 v2: expected bytes")
-    text = decode_text(bytes(data), "HL7 v2").lstrip("\x0b").rstrip("\x1c\r\n")
+    text = decode_text(bytes(data), "HL7 v2", _declared_charset(bytes(data))).lstrip("\x0b").rstrip("\x1c\r\n")
     if not text.startswith("MSH") or len(text) < 8:
         raise ParseError("HL7 v2: message must start with MSH and its encoding characters", where="line 1")
     fs = text[3]
@@ -213,9 +227,31 @@ def _battery(msg: Er7, obr: Segment) -> Battery:
     return Battery(local_code=code[0], label=code[1], loinc=loinc, loinc_label=code[4] if loinc else "")
 
 
+def is_pdf_ed(msg: Er7, value: str) -> bool:
+    """OBX-5 of type ED carrying a PDF (`^application^pdf^Base64^...`, `^AP^PDF^...`)."""
+    ed = msg.comps(value, 4)
+    return ed[2].lower() == "pdf" or ed[1].lower() in ("application/pdf", "pdf")
+
+
+def pdf_of_ed(msg: Er7, seg: Segment) -> bytes:
+    """The PDF an OBX ED carries (OBX-5.5, base64): a ParseError naming OBX-5 when it is not one."""
+    ed = msg.comps(seg.get(5), 5)
+    if ed[3].lower() != "base64":
+        raise ParseError("the PDF must be base64 (OBX-5.4 Base64)", where=seg.where(5))
+    try:
+        pdf = binascii.a2b_base64(ed[4].encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ParseError("invalid base64 in OBX-5.5", where=seg.where(5)) from None
+    if not pdf.startswith(b"%PDF-"):
+        raise ParseError("the document in OBX-5 is not a PDF (no %PDF- signature)", where=seg.where(5))
+    return pdf
+
+
 def read_lab_oru(msg: Er7) -> LabReport:
-    """Structured ORU^R01 (LAB-3): `{OBR [NTE] {OBX [NTE]}}` after PID -> LabReport. Every OBR must carry at least
-    one OBX and every OBX its status (OBX-11, required): a message cut in transit is refused, never sent short."""
+    """Structured ORU^R01 (LAB-3): `{OBR [NTE] {OBX [NTE]}}` after PID -> LabReport (an NTE after an OBX is on the
+    result, after an OBR on the request, elsewhere on the report; an OBX ED carrying a PDF is the lab's PDF copy of
+    the report, not a result). Every OBR must carry at least one OBX and every OBX its status (OBX-11, required):
+    a message cut in transit is refused, never sent short."""
     patient = read_patient(msg)
     obrs = msg.all("OBR")
     if not obrs:
@@ -227,16 +263,23 @@ def read_lab_oru(msg: Er7) -> LabReport:
     org = Party(local_code=msg.comps(msg.msh.get(4))[0])
     biologist = next((_cnn(msg, o.get(32)) for o in obrs if o.get(32)), Party())
     last = ""
+    pdf = b""
     counts: list[int] = []
     for seg in msg.segments:
         if seg.name == "OBR":
-            batteries.append(_battery(msg, seg))
+            batteries.append(replace(_battery(msg, seg), status=_request_status(seg)))
             counts.append(0)
         elif seg.name == "OBX":
             if not counts:
                 raise ParseError("OBX before any OBR", where=seg.where(1))
-            results.append(_read_obx(msg, seg, len(batteries)))
             counts[-1] += 1
+            if seg.get(2) == "ED" and is_pdf_ed(msg, seg.get(5)):     # the lab's PDF of the report: its copy
+                if pdf:
+                    raise ParseError("ORU^R01 with 2 PDF copies of the report: one per message (which one is the "
+                                     "report's?)", where=seg.where(5))
+                pdf = pdf_of_ed(msg, seg)
+                continue
+            results.append(_read_obx(msg, seg, len(batteries)))
             xon = msg.comps(seg.get(23), 10)
             if xon[0] and not org.org_name:
                 ident = xon[9]
@@ -244,11 +287,14 @@ def read_lab_oru(msg: Er7) -> LabReport:
                 org = Party(local_code=org.local_code, org_name=xon[0],
                             org_finess=ident[1:] if len(ident) == 10 and ident.startswith("1") else "",
                             addr=tuple(x.strip() for x in (xad[0], f"{xad[4]} {xad[2]}".strip()) if x.strip()))
-        elif seg.name == "NTE":
-            text = msg.unescape(seg.get(3)).strip()
+        elif seg.name == "NTE":           # NTE-3 repeats (FT): one line each
+            text = "\n".join(msg.unescape(r) for r in msg.reps(seg.get(3))).strip()
             if text and last == "OBX":
                 r = results[-1]
                 results[-1] = replace(r, comments=(*r.comments, text))
+            elif text and last == "OBR":
+                b = batteries[-1]
+                batteries[-1] = replace(b, comments=(*b.comments, text))
             elif text:
                 comments.append(text)
         if seg.name != "NTE":
@@ -266,7 +312,17 @@ def read_lab_oru(msg: Er7) -> LabReport:
                      received_at=norm_ts(first.get(14), first.where(14)),
                      report_date=report_date or norm_ts(msg.msh.get(7), "MSH[1].7"),
                      results=tuple(results), comments=tuple(comments), status=first.get(25) or "F",
-                     source="hl7_oru", batteries=tuple(batteries))
+                     source="hl7_oru", batteries=tuple(batteries), pdf=pdf)
+
+
+def _request_status(obr: Segment) -> str:
+    """OBR-25 (result status of the request, HL7 table 0123): a value the hub does not know is refused, never read
+    as final."""
+    status = obr.get(25).strip().upper()
+    if status not in REQUEST_STATES:
+        raise ParseError(f"OBR-25 (result status) {status[:3]!r} is not a status of HL7 table 0123 "
+                         "(F, C, P, A, I, S, O, R, X)", where=obr.where(25))
+    return status
 
 
 def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
@@ -280,15 +336,24 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     if not status:
         raise ParseError("OBX-11 (result status, required) is empty: the message is incomplete (cut in transit?)",
                          where=seg.where(11))
+    if status not in RESULT_STATES:
+        raise ParseError(f"OBX-11 (result status) {status[:3]!r} is not a status of HL7 table 0085 "
+                         "(F, C, U, P, R, S, I, O, X, D, W, N)", where=seg.where(11))
     reps = msg.reps(seg.get(5))               # OBX-5 may repeat (two organisms, the lines of a TX): keep them all
     value = ("\n" if kind in ("TX", "FT") else ", ").join(msg.unescape(r) for r in reps)
-    if kind in ("CE", "CWE"):
-        value = ", ".join((c[1] or c[0]) for c in (msg.comps(r, 2) for r in reps))
+    if kind in ("CE", "CWE"):      # what is meant: the text, else the original text (CWE-9), else the alternate's
+        value = ", ".join(next((t.strip() for t in (c[1], c[8], c[4], c[0], c[3]) if t.strip()), "")
+                          for c in (msg.comps(r, 9) for r in reps))
     elif kind == "SN":
         value = _sn(msg, seg)
+    elif kind in _DATES and len(reps) == 1:     # a date as result (last period, onset): kept as a date when it is one
+        try:
+            value = norm_ts(value, seg.where(5))
+        except ParseError:
+            kind = "ST"
     unit = msg.comps(seg.get(6), 3)
     range_text = msg.unescape(seg.get(7)).strip()
-    low, high, low_open, high_open = parse_range(range_text)
+    low, high, low_open, high_open = parse_range(range_text, (unit[0] or unit[1]).strip())
     if is_loinc_system(code[2]) and _LOINC.match(code[0]):   # LOINC first, local code as alternate
         loinc, loinc_label = code[0], code[1]
         local, label, system = (code[3], code[4] or code[1], code[5] or "L") if code[3] else ("", code[1], "")
@@ -306,16 +371,26 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     return Result(local_code=local, label=label, code_system=system or "L", loinc=loinc, loinc_label=loinc_label,
                   value=decimal(value) if kind in ("NM", "SN") and is_decimal(value) else value, value_type=kind,
                   unit=(unit[0] or unit[1]).strip(), range_low=low, range_high=high, range_low_open=low_open,
-                  range_high_open=high_open, range_text=range_text, flag=msg.comps(seg.get(8))[0], status=status,
+                  range_high_open=high_open, range_text=range_text, flags=_flags(msg, seg), status=status,
                   observed_at=norm_ts(seg.get(14), seg.where(14)), analysed_at=norm_ts(seg.get(19), seg.where(19)),
                   battery=battery, observer=observer)
 
 
+_DATES = frozenset({"DT", "TS", "DTM"})
+
+
+def _flags(msg: Er7, seg: Segment) -> tuple[str, ...]:
+    """OBX-8 repeats (`H~A`: high, and abnormal): every flag, in order, each once (a flag written as components,
+    `H^A`, is read the same: none is dropped)."""
+    flags = (c.strip() for rep in msg.reps(seg.get(8)) for c in msg.comps(rep))
+    return tuple(dict.fromkeys(f for f in flags if f))
+
+
 def _sn(msg: Er7, seg: Segment) -> str:
-    """SN (structured numeric) `comparator^num1^separator^num2`: a plain number stays numeric, anything else
-    (`<^3`, `^1^:^40`) is kept as the laboratory wrote it, as text."""
+    """SN (structured numeric) `comparator^num1^separator^num2`: a plain number (or `=^5`) stays numeric, anything
+    else (`<^3`, `^10^-^20`, `^1^:^40`) is kept as the laboratory wrote it (`<3`, `10-20`, `1:40`)."""
     c = msg.comps(seg.get(5), 4)
-    if not c[0] and not c[2] and is_decimal(c[1]):
+    if c[0].strip() in ("", "=") and not c[2] and is_decimal(c[1]):
         return c[1]
     return "".join(c).strip()
 

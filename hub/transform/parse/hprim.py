@@ -11,8 +11,8 @@ import re
 from dataclasses import replace
 
 from hub.errors import ParseError
-from hub.transform.model import (Battery, LabReport, Party, Patient, Result, birth_given_names, is_loinc_system,
-                                 is_nir)
+from hub.transform.model import (REQUEST_STATES, RESULT_STATES, Battery, LabReport, Party, Patient, Result,
+                                 birth_given_names, is_loinc_system, is_nir)
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, fr_date, is_decimal, norm_ts, parse_range
 
@@ -123,7 +123,7 @@ def parse_hprim_sante(data: bytes) -> list[LabReport]:
         elif rec.kind == "OBR":
             if current is None:
                 raise ParseError("OBR before any P record", where=f"line {rec.line}")
-            current["obrs"].append({"rec": rec, "results": []})
+            current["obrs"].append({"rec": rec, "results": [], "comments": []})
         elif rec.kind == "OBX":
             if current is None or not current["obrs"]:
                 raise ParseError("OBX before any OBR record", where=f"line {rec.line}")
@@ -135,6 +135,8 @@ def parse_hprim_sante(data: bytes) -> list[LabReport]:
                 if last == "OBX" and results:
                     res = results[-1]
                     res["comments"] = (*res["comments"], text)
+                elif last == "OBR":
+                    current["obrs"][-1]["comments"].append(text)
                 else:
                     current["comments"].append(text)
         elif rec.kind == "L":
@@ -178,7 +180,8 @@ def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], f
     biologist = _biologist(d, next((o["rec"] for o in rep["obrs"] if o["rec"].get(32)), first))
     batteries, results = [], []
     for obr in rep["obrs"]:
-        batteries.append(_battery(d, obr["rec"]))
+        batteries.append(replace(_battery(d, obr["rec"]), status=_request_status(obr["rec"]),
+                                 comments=tuple(obr["comments"])))
         results.extend(Result(**r) for r in obr["results"])
     report_date = next((norm_ts(o["rec"].get(22), o["rec"].where(22)) for o in reversed(rep["obrs"])
                         if o["rec"].get(22).strip()), "") or file_date
@@ -190,6 +193,31 @@ def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], f
         collected_at=norm_ts(first.get(7), first.where(7)), received_at=norm_ts(first.get(14), first.where(14)),
         report_date=report_date, results=tuple(results), comments=tuple(rep["comments"]),
         status=first.get(25) or "F", source="hprim_sante", batteries=tuple(batteries))
+
+
+def _request_status(obr: "_Record") -> str:
+    """OBR-25 (status of the request; the letters of HL7 table 0123): one the hub does not know is refused."""
+    status = obr.get(25).strip().upper()
+    if status not in REQUEST_STATES:
+        raise ParseError(f"OBR-25 (result status) {status[:3]!r} is not a known status (F, C, P, A, I, S, O, R, X)",
+                         where=obr.where(25))
+    return status
+
+
+def _result_status(status: str, where: str) -> str:
+    """OBX-11 / HPRIM Net field 9 (HL7 table 0085 letters; empty: final): one the hub does not know is refused,
+    never read as final."""
+    status = status.strip().upper() or "F"
+    if status not in RESULT_STATES:
+        raise ParseError(f"result status {status[:3]!r} is not a known status (F, C, U, P, R, S, I, O, X, D, W, N)",
+                         where=where)
+    return status
+
+
+def _flags(d: "_Delims", value: str) -> tuple[str, ...]:
+    """OBX-8, repeated (`H^A` with the usual delimiters) or written as components (`H~A`): every flag, in order."""
+    flags = (c.strip() for rep in value.split(d.rep) for c in d.comps(rep))
+    return tuple(dict.fromkeys(f for f in flags if f))
 
 
 def _xcn(d: _Delims, value: str) -> Party:
@@ -240,11 +268,12 @@ def _result(d: _Delims, rec: _Record, battery: int) -> dict:
     kind = rec.get(2) or "ST"
     reps = rec.get(5).split(d.rep) if rec.get(5) else []    # repeated values (two organisms, lines of a TX)
     if kind in ("CE", "CWE"):                                 # coded: `code~label~system`, the label is what is meant
-        value = ", ".join((c[1] if len(c) > 1 and c[1] else c[0]) for c in (d.comps(r) for r in reps))
+        value = ", ".join(next((t.strip() for t in (c[1], c[4], c[0], c[3]) if t.strip()), "")
+                          for c in (d.comps(r) + [""] * 5 for r in reps))
     else:
         value = ("\n" if kind in ("TX", "FT") else ", ").join(d.unescape(r) for r in reps)
     range_text = d.unescape(rec.get(7)).strip()
-    low, high, low_open, high_open = parse_range(range_text)
+    low, high, low_open, high_open = parse_range(range_text, d.unescape(rec.get(6)))
     loinc, loinc_label = "", ""
     local, label, system = code[0], code[1], code[2] or "L"
     if is_loinc_system(system) and _LOINC.match(code[0]):  # LOINC first, the local code as alternate
@@ -257,7 +286,8 @@ def _result(d: _Delims, rec: _Record, battery: int) -> dict:
             "value": decimal(value) if kind == "NM" and is_decimal(value) else value,
             "value_type": kind, "unit": d.unescape(rec.get(6)).strip(), "range_low": low, "range_high": high,
             "range_low_open": low_open, "range_high_open": high_open,
-            "range_text": range_text, "flag": rec.get(8).strip(), "status": rec.get(11) or "F",
+            "range_text": range_text, "flags": _flags(d, rec.get(8)),
+            "status": _result_status(rec.get(11), rec.where(11)),
             "observed_at": norm_ts(rec.get(14), rec.where(14)), "comments": (), "battery": battery}
 
 
@@ -351,7 +381,8 @@ def _net_result(line: str, where: str) -> Result:
     lo2, hi2, _, _, _ = _net_range(low2, high2, where, 12)
     return Result(local_code=code, label=label, value=decimal(value) if vtype == "NM" and is_decimal(value) else value,
                   value_type=vtype, unit=unit, range_low=lo, range_high=hi, range_low_open=lo_open,
-                  range_high_open=hi_open, range_text=text, flag=flag, status=status or "F",
+                  range_high_open=hi_open, range_text=text, flags=(flag,) if flag else (),
+                  status=_result_status(status, f"{where}, field 9"),
                   value2=decimal(value2) if is_decimal(value2) else value2, unit2=unit2, range2_low=lo2,
                   range2_high=hi2)
 

@@ -10,21 +10,15 @@ and field. Reads no settings.
 
 from __future__ import annotations
 
-import binascii
 import re
 
 from hub.errors import ParseError
-from hub.transform.parse.hl7v2 import Er7, read_patient
+from hub.transform.parse.hl7v2 import Er7, is_pdf_ed, pdf_of_ed, read_patient
 from hub.transform.terminology.dates import norm_ts
 
 _LOINC = re.compile(r"^\d{1,7}-\d$")
 _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 _UNFINISHED = {"DI": "dictated", "IN": "incomplete", "IP": "in progress"}
-
-
-def is_pdf_ed(msg: Er7, value: str) -> bool:
-    ed = msg.comps(value, 4)
-    return ed[2].lower() == "pdf" or ed[1].lower() in ("application/pdf", "pdf")
 
 
 def read_mdm(msg: Er7) -> tuple[bytes, dict[str, str]]:
@@ -40,24 +34,14 @@ def read_mdm(msg: Er7) -> tuple[bytes, dict[str, str]]:
         raise ParseError(f"MDM^T02 with {len(pdfs)} PDF documents: one document per message (the others would be "
                          "lost)", where=pdfs[1].where(5))
     pdf = b""
-    where = ""
     for seg in pdfs:
         if seg.get(11).strip().upper() in ("P", "I", "D", "X", "W"):
             raise ParseError(f"OBX-11 result status {seg.get(11).strip().upper()!r}: the document is not final",
                              where=seg.where(11))
-        ed = msg.comps(seg.get(5), 5)
-        if ed[3].lower() != "base64":
-            raise ParseError("the PDF must be base64 (OBX-5.4 Base64)", where=seg.where(5))
-        try:
-            pdf = binascii.a2b_base64(ed[4].encode("ascii"))
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            raise ParseError("invalid base64 in OBX-5.5", where=seg.where(5)) from None
-        where = seg.where(5)
+        pdf = pdf_of_ed(msg, seg)
     if not pdf:
         raise ParseError("MDM^T02 without an OBX ED carrying a PDF (OBX-5 ^application^pdf^Base64^...)",
                          where="OBX")
-    if not pdf.startswith(b"%PDF-"):
-        raise ParseError("the document in OBX-5 is not a PDF (no %PDF- signature)", where=where)
     p = read_patient(msg)
     m: dict[str, str] = {k: v for k, v in {
         "patient_ins": p.ins, "patient_ins_oid": p.ins_oid, "patient_id": p.local_id,

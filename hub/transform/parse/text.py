@@ -1,7 +1,7 @@
 """Text of untrusted documents: decoding, and what no step may record.
 
 `decode_text(data, what)`: HPRIM and HL7 v2 bytes are UTF-8 when they decode strictly, else ISO-8859-1 (the HPRIM
-norm), read as Windows-1252 when they hold bytes 0x80-0x9F (C1 controls in ISO-8859-1, never text: what Windows lab
+norm; ISO-8859-15 when the HL7 message says so in MSH-18), read as Windows-1252 when they hold bytes 0x80-0x9F (C1 controls in ISO-8859-1, never text: what Windows lab
 software writes for ’ – œ € …). A NUL byte (or any C0 or C1 control other than tab, CR, LF, VT, FF, FS) never occurs
 in a lab text file: such a file is corrupt or binary, and is refused with a ParseError naming its line (the document
 is never "sanitised" into something the laboratory did not send).
@@ -24,14 +24,16 @@ _LINES = re.compile(r"\r\n|\r|\n")
 MAX_RECORDED = 2000
 
 
-def decode_text(data: bytes, what: str = "document") -> str:
+def decode_text(data: bytes, what: str = "document", declared: str = "") -> str:
+    """`declared`: the character set the sender names (HL7 MSH-18), used when the bytes are not UTF-8: ISO-8859-15
+    (`8859/15`: œ, Œ, €, Š, Ž, Ÿ where ISO-8859-1 has ½, ¼, ¤...) is read as such, never as ISO-8859-1."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        text = data.decode("iso-8859-1")
-        if _C1.search(text):
+        text = data.decode("iso-8859-15" if declared == "iso-8859-15" else "iso-8859-1")
+        if _C1.search(text) and declared != "iso-8859-15":
             try:
                 text = data.decode("cp1252")
             except UnicodeDecodeError:      # 0x81, 0x8D, 0x8F, 0x90, 0x9D: no character in either

@@ -127,11 +127,16 @@ def split_range(text: str) -> tuple[str, str]:
     return low, high
 
 
-def parse_range(text: str) -> tuple[str, str, bool, bool]:
+def parse_range(text: str, unit: str = "") -> tuple[str, str, bool, bool]:
     """A reference range as labs write it -> (low, high, low_open, high_open); ('', '', False, False) when it is
     not numeric (it then goes as text). Shapes: `4.10 - 5.90`, `4,1-5,9`, `[4.1;5.9]`, `(45 à 90)`, `-0.5 - 0.5`,
     `< 3.0` / `<3` / `inf. à 3` (high, open), `<= 3` / `≤ 3` / `< ou = 3` (high, closed), `> 60` / `sup. à 60`
-    (low, open), `>= 60` / `≥ 60` / `supérieur ou égal à 60` (low, closed)."""
+    (low, open), `>= 60` / `≥ 60` / `supérieur ou égal à 60` (low, closed). `unit`: the result's unit, as the lab
+    wrote it, which the range may repeat after its bounds (`150 - 400 G/l`, `< 5 mg/l`)."""
+    text, unit = text.strip(), unit.strip()
+    if unit and not unit[0].isdigit() and unit[0] not in ".,-" and text.lower().endswith(unit.lower()) \
+            and len(text) > len(unit):           # a unit starting with a digit could be part of the bound
+        text = text[: -len(unit)]
     text = text.strip().strip("()[]").strip()
     m = _RANGE.match(text)
     if m:

@@ -323,9 +323,10 @@ def test_performer_times_comment_entries_and_display_names(alpha, epsilon):
         "1.3.6.1.4.1.19376.1.5.3.1.4.2", "2.16.840.1.113883.10.20.1.40", "1.2.250.1.213.1.1.3.32"}
     ref = comment.find("h:text/h:reference", V3).get("value")[1:]
     assert root.xpath(f"string(//h:content[@ID='{ref}'])", namespaces=V3).startswith("Thrombopénie")
-    [section] = epsilon[0].xpath(".//h:section[h:templateId/@root='1.3.6.1.4.1.19376.1.4.1.2.16']", namespaces=V3)
-    assert "Patient à jeun depuis 12 h & sans traitement." in etree.tostring(section, encoding="unicode",
-                                                                            method="text")
+    battery = epsilon[0].find(".//h:organizer[@classCode='BATTERY']", V3)        # the NTE after OBR 1: its note
+    ref = battery.find("h:component/h:act/h:text/h:reference", V3).get("value")[1:]
+    assert epsilon[0].xpath(f"string(//h:content[@ID='{ref}'])", namespaces=V3) == (
+        "Patient à jeun depuis 12 h & sans traitement.")
 
 
 # ------------------------------------------------------------------ 7. PDF letters: the metadata model

@@ -65,7 +65,7 @@ def test_hl7_escapes_are_read_highlighting_and_hex_included_never_sent_raw():
            "NTE|1|L|Commentaire \\H\\important\\N\\ :\\.sp\\suite \\E\\F\\E\\ \\X41C3A9\\ \\X00\\ \\.in+4\\fin\r"
            "OBX|1|ST|K^Potassium^L||Non \\H\\rendu\\N\\\\.br\\h\\X e9\\molys\\XE9\\||||||F\r").encode("latin-1")
     report = read_lab_oru(parse_er7(oru))
-    assert report.comments == ("Commentaire important :\nsuite \\F\\ Aé \\X00\\ fin",)
+    assert report.batteries[0].comments == ("Commentaire important :\nsuite \\F\\ Aé \\X00\\ fin",)
     assert report.results[0].value == "Non rendu\nh\\X e9\\molysé"
 
 

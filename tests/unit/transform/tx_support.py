@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
+
+from lxml import etree
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED = REPO.parent / "shared"
@@ -17,6 +21,7 @@ XSD = SHARED / "schemas" / "cda" / "CDA_extended.xsd"
 SCHEMATRONS = SHARED / "schematrons" / "ansforge" / "schematrons"
 NOW = datetime(2025, 1, 15, 10, 30, tzinfo=timezone.utc)
 V3 = {"h": "urn:hl7-org:v3"}
+NS = {**V3, "lab": "urn:oid:1.3.6.1.4.1.19376.1.3.2"}
 
 LOINC_CSV = """local_code,loinc_code,loinc_label,ucum_unit
 # glucose and creatinine
@@ -144,3 +149,56 @@ def mutate(doc: bytes, seed: int, kind: str) -> bytes:
     else:
         raise ValueError(kind)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+# ------------------------------------------------------------------ laboratory "Kappa" (HL7 v2.5.1 LAB-3)
+
+OBR32 = "|||||||10101234567&BIOLOGISTE&Claire"
+
+
+def kappa(obr1: str = "F", obr2: str = "F", *, obx: dict[str, str] | None = None) -> bytes:
+    """An HL7 v2.5.1 ORU^R01 (LAB-3) of two batteries; `obx` replaces an OBX by its LOINC code (its fields after
+    OBX-3, from OBX-4 on)."""
+    rows = {
+        "2345-7": "|0,98|g/L|0,70-1,10|N|||F|||20250402073000+0200",
+        "2823-3": "|4.1|mmol/L|3.5-5.0|N|||F|||20250402073000+0200",
+        "6690-2": "|7.2|G/L|4.0-10.0|N|||F|||20250402073000+0200",
+        "777-3": "|245|G/L|150-400|N|||F|||20250402073000+0200",
+    }
+    rows.update(obx or {})
+    labels = {"2345-7": "Glucose", "2823-3": "Potassium", "6690-2": "Leucocytes", "777-3": "Plaquettes"}
+
+    def line(n: int, code: str) -> str:          # NM for a number, else ST (a lab's text, or no value yet)
+        kind = "NM" if re.fullmatch(r"[\d.,]+", rows[code].split("|")[1]) else "ST"
+        return f"OBX|{n}|{kind}|{code}^{labels[code]}^LN|{rows[code]}"
+    return "\r".join([
+        "MSH|^~\\&|SIL-K|LABK|HUB|REGION|20250402101500||ORU^R01^ORU_R01|K-1|P|2.5.1|||||FRA|UNICODE UTF-8",
+        "PID|1||295076912345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS~IPK-1^^^LABK&1.2.250.1.999.66.1&"
+        "ISO^PI||LEFEBVRE-ESSAI^CAMILLE^CAMILLE ROSE^^^^L||19950714|F|||^^LYON^^^^BDL^^69123",
+        "OBR|1|CMD-K1|LAB-K1|24326-1^Bilan métabolique^LN|||20250402073000+0200|||||||20250402080000+0200||"
+        f"10003456789^PRESCRIPTEUR^Anne||||||20250402101000+0200|||{obr1}{OBR32}",
+        line(1, "2345-7"), line(2, "2823-3"),
+        "OBR|2|CMD-K1|LAB-K1|58410-2^NFS^LN|||20250402073000+0200|||||||20250402080000+0200||"
+        f"10003456789^PRESCRIPTEUR^Anne||||||20250402101000+0200|||{obr2}{OBR32}",
+        line(1, "6690-2"), line(2, "777-3"), ""]).encode("utf-8")
+
+
+def convert(conformant, data: bytes, chain: str = "hl7_oru_to_cda_xdm", account: str = "labo-alpha"):
+    """The CDA (root element) and the outcome; the `conformant` registry raises on any failed ANS assertion."""
+    out = conformant.apply(chain, mail((data, "text/plain" if chain == "hprim_to_cda_xdm" else "application/hl7-v2",
+                                        "r.txt")), {"now": NOW}, account=account)
+    assert next(s for s in out.steps if s.name == "cda_schematron").validation == "conformant (5 schematrons)"
+    [doc] = cdas(out.message)
+    return etree.fromstring(doc), out
+
+
+def narrative(root) -> str:
+    return etree.tostring(root.find(".//h:section/h:component/h:section/h:text", NS), encoding="unicode",
+                          method="text")
+
+
+def pdf_copy(root) -> str:
+    """The text drawn on the pages of the CDA's PDF copy (the hub's rendering: Flate streams, latin-1 strings)."""
+    pdf = base64.b64decode(root.find(".//h:observationMedia/h:value", NS).text)
+    streams = (m.group(1) for m in re.finditer(rb"stream\r?\n(.*?)endstream", pdf, re.S))
+    return "".join(zlib.decompressobj().decompress(s).decode("latin-1") for s in streams if s.startswith(b"x"))
