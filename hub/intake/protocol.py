@@ -26,7 +26,9 @@ import unicodedata
 from base64 import b64decode, b64encode
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import ALLOWED_BEFORE_STARTTLS, BOGUS_LIMIT, MISSING, SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import TLSSetupException
+from aiosmtpd.smtp import log as _aiosmtpd_log
 
 from hub.intake import replies
 
@@ -159,6 +161,121 @@ class HubSMTP(SMTP):
 
     def _create_session(self):
         return HubSession(self.loop)
+
+    async def _handle_client(self) -> None:
+        """aiosmtpd's command loop with the same checks, in the same order, and the same replies, less its work per
+        command that the hub does not use: two log calls per command line at levels the hub never enables
+        (their arguments were built each time), a defaultdict for the call limits per session, and a QUIT that
+        cancels its own task (an exception raised through the loop at every session's end); the loop ends after
+        QUIT instead. The PROXY protocol (never configured by the hub) is left to aiosmtpd's loop."""
+        if self._proxy_timeout is not None:
+            await super()._handle_client()
+            return
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        limits = dict(self._call_limit_base) if self._enforce_call_limit else None
+        default_limit = self._call_limit_default if limits is not None else 0
+        bogus_budget = BOGUS_LIMIT
+        reader = self._reader
+        while self.transport is not None and not self._hub_quit:
+            try:
+                try:
+                    line: bytes = await reader.readuntil()
+                except asyncio.LimitOverrunError as error:
+                    # line too long: read up to its end before answering, then read the next command line
+                    await reader.read(error.consumed)
+                    while True:
+                        try:
+                            await reader.readuntil()
+                            break
+                        except asyncio.LimitOverrunError as more:
+                            await reader.read(more.consumed)
+                    await self.push("500 Command line too long")
+                    continue
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                if not arg_bytes:
+                    arg: str | None = None
+                else:
+                    arg_bytes = arg_bytes.strip()
+                    if self.enable_SMTPUTF8:       # the bytes kept as they came (checked by text_problem)
+                        arg = str(arg_bytes, encoding="utf-8", errors="surrogateescape")
+                    else:
+                        try:
+                            arg = str(arg_bytes, encoding="ascii", errors="strict")
+                        except UnicodeDecodeError:
+                            await self.push("500 Error: strict ASCII mode")
+                            continue
+                max_size = self.command_size_limits[command] if self.session.extended_smtp \
+                    else self.command_size_limit
+                if len(line) > max_size:
+                    await self.push("500 Command line too long")
+                    continue
+                if not self._tls_handshake_okay and command != "QUIT":
+                    await self.push("554 Command refused due to lack of security")
+                    continue
+                if self.require_starttls and not self._tls_protocol and command not in ALLOWED_BEFORE_STARTTLS:
+                    await self.push("530 Must issue a STARTTLS command first")
+                    continue
+                if limits is not None:
+                    budget = limits.get(command, default_limit)
+                    if budget < 1:
+                        _aiosmtpd_log.warning("%r over limit for %s", self.session.peer, command)
+                        await self.push(f"421 4.7.0 {command} sent too many times")
+                        self.transport.close()
+                        continue
+                    limits[command] = budget - 1
+                method = self._smtp_methods.get(command)
+                if method is None:
+                    bogus_budget -= 1
+                    if bogus_budget < 1:
+                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                        self.transport.close()
+                        continue
+                    await self.push(f'500 Error: command "{command}" not recognized')
+                    continue
+                self._reset_timeout()           # a valid command: the client's silence counts from here
+                await method(arg)
+            except (asyncio.CancelledError, ConnectionResetError):
+                self._writer.close()
+                raise
+            except Exception as error:
+                status = None
+                try:
+                    status = await self.handle_exception(error)
+                except Exception as inner:
+                    try:
+                        _aiosmtpd_log.exception("%r Exception in handle_exception()", self.session.peer)
+                        status = f"500 Error: ({inner.__class__.__name__}) {inner}"
+                    except Exception:
+                        status = "500 Error: Cannot describe error"
+                finally:
+                    if isinstance(error, TLSSetupException):
+                        self.transport.close()
+                        self.connection_lost(error)
+                    else:
+                        await self.push(status)
+
+    _hub_quit = False
+
+    @functools.wraps(SMTP.smtp_QUIT)                 # keeps aiosmtpd's HELP syntax text
+    async def smtp_QUIT(self, arg: str) -> None:
+        """aiosmtpd's QUIT, which ends the command loop by returning rather than by cancelling its task."""
+        if arg:
+            await self.push("501 Syntax: QUIT")
+            return
+        status = await self._call_handler_hook("QUIT")
+        await self.push("221 Bye" if status is MISSING else status)
+        self._hub_quit = True
+        if self.transport is not None:
+            self.transport.close()
 
     def _refused(self, event: str, reply: str, **facts) -> None:
         """Refusals decided here (size) are logged by the handler like its own."""
