@@ -151,6 +151,29 @@ class HubSMTP(SMTP):
                 transport.close()
 
     _hub_uploading = False
+    _hub_deadline = 0.0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The session timeout restarts at each command (and at each chunk of an upload); aiosmtpd cancelled its
+        timer and scheduled a new one each time. Here one timer per session is moved only when it fires early:
+        it then waits for the rest of the time since the client was last heard. A shorter timeout than the one
+        pending takes effect at once."""
+        loop = self.loop
+        deadline = loop.time() + (duration or self._timeout_duration)
+        self._hub_deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and not handle.cancelled():
+            if handle.when() <= deadline:
+                return
+            handle.cancel()
+        self._timeout_handle = loop.call_at(deadline, self._hub_timer)
+
+    def _hub_timer(self) -> None:
+        if self.loop.time() < self._hub_deadline:
+            self._timeout_handle = self.loop.call_at(self._hub_deadline, self._hub_timer)
+            return
+        if self.transport is not None:
+            self._timeout_cb()
 
     def data_received(self, data: bytes) -> None:
         """While DATA is read, smtp.session_timeout counts the client's silence, not the length of the upload (a
