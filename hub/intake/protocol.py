@@ -322,16 +322,10 @@ class HubSMTP(SMTP):
         `?`), and every 2xx/4xx/5xx reply but the greeting and the HELO/EHLO reply carries an enhanced status code
         (ENHANCEDSTATUSCODES is offered, RFC 2034): aiosmtpd's own replies (`503 Error: send HELO first`,
         `500 Command line too long`, `221 Bye`...) get their class's code."""
-        if isinstance(status, str):
-            status = status.encode("ascii") if status.isascii() else _ascii(status)
-        first = "_hub_replies" not in self.__dict__
-        if status[:1] in b"245" and not (status[5:6] == b"." and status[4:5] in b"245") and not first \
-                and not self.__dict__.get("_hub_hello"):
-            status = b" ".join((status[:3], _ENHANCED.get(status[:3], status[:1] + b".0.0"), status[4:].lstrip()))
-        held = self.__dict__.setdefault("_hub_replies", [])
-        held.append(status + b"\r\n")
+        status = self._hold(status)
         if status[3:4] == b"-":                      # a continuation line: its reply is not complete yet
             return
+        held = self._hub_replies
         reader = self._reader
         if status[:3] == b"250" and reader is not None and b"\n" in reader._buffer:
             return
@@ -340,6 +334,17 @@ class HubSMTP(SMTP):
         await self._writer.drain()
         if status[:3] == b"421" and self.transport is not None:
             self.transport.close()
+
+    def _hold(self, status: str | bytes) -> bytes:
+        """A reply line made ASCII, with its enhanced status code where it needs one, added to the held replies."""
+        if isinstance(status, str):
+            status = status.encode("ascii") if status.isascii() else _ascii(status)
+        first = "_hub_replies" not in self.__dict__
+        if status[:1] in b"245" and not (status[5:6] == b"." and status[4:5] in b"245") and not first \
+                and not self.__dict__.get("_hub_hello"):
+            status = b" ".join((status[:3], _ENHANCED.get(status[:3], status[:1] + b".0.0"), status[4:].lstrip()))
+        self.__dict__.setdefault("_hub_replies", []).append(status + b"\r\n")
+        return status
 
     # ---- HELO / EHLO -------------------------------------------------------------------------------------------
     @functools.wraps(SMTP.smtp_HELO)                 # keeps aiosmtpd's HELP syntax text
@@ -351,10 +356,42 @@ class HubSMTP(SMTP):
 
     @functools.wraps(SMTP.smtp_EHLO)
     async def smtp_EHLO(self, hostname: str) -> None:
+        """aiosmtpd's EHLO (the same lines, the same state changes, the handler's hook), with its reply held as
+        one block and written once: aiosmtpd pushed each line through its own coroutine."""
         if hostname and text_problem(hostname):
             await self.push(replies.BAD_HELO.format(verb="EHLO"))
             return
-        await self._hello(super().smtp_EHLO(hostname), hostname)
+        if not hostname or self._ehlo_hook_ver == "old":
+            await self._hello(super().smtp_EHLO(hostname), hostname)
+            return
+        response = ["250-" + self.hostname]
+        self._set_rset_state()
+        self.session.extended_smtp = True
+        if self.data_size_limit:
+            response.append(f"250-SIZE {self.data_size_limit}")
+            self.command_size_limits["MAIL"] += 26
+        if not self._decode_data:
+            response.append("250-8BITMIME")
+        if self.enable_SMTPUTF8:
+            response.append("250-SMTPUTF8")
+            self.command_size_limits["MAIL"] += 10
+        if self.tls_context and not self._tls_protocol:
+            response.append("250-STARTTLS")
+        if not self._auth_require_tls or self._tls_protocol:
+            response.append("250-AUTH " + " ".join(sorted(self._auth_methods)))
+        if self._ehlo_hook_ver is None:
+            self.session.host_name = hostname
+            response.append("250 HELP")
+        else:
+            response.append("250 HELP")
+            response = await self._call_handler_hook("EHLO", hostname, response)
+        self._hub_hello = True             # no enhanced status codes in the EHLO reply (RFC 2034)
+        try:
+            for line in response[:-1]:
+                self._hold(line)
+            await self.push(response[-1])
+        finally:
+            self._hub_hello = False
 
     async def _hello(self, command, hostname: str) -> None:
         """The HELO/EHLO reply goes out without enhanced codes (RFC 2034); its syntax error gets one."""
