@@ -329,9 +329,13 @@ class HubSMTP(SMTP):
         reader = self._reader
         if status[:3] == b"250" and reader is not None and b"\n" in reader._buffer:
             return
-        self._writer.write(b"".join(held))
+        writer = self._writer
+        writer.write(b"".join(held))
         held.clear()
-        await self._writer.drain()
+        # StreamWriter.drain() when it would do something (the client not reading, or the connection closing or
+        # lost: it then raises); else it only checks this and returns, at the cost of two coroutines per reply
+        if self._paused or self._connection_lost or writer.transport.is_closing():
+            await writer.drain()
         if status[:3] == b"421" and self.transport is not None:
             self.transport.close()
 
