@@ -66,15 +66,17 @@ def data_content(raw: bytes) -> tuple[bytes, bool]:
     """The message from the bytes read after DATA, without the final `.` CRLF: bare LF made CRLF, the dot-stuffing
     undone (RFC 5321 4.5.2); and whether it is also its own wire form (CRLF throughout and at the end, no bare CR,
     no line starting with a dot: hub.delivery.client.WireBody), as most messages are. The counts are the cheap
-    tests (one pass each at C speed); the regex and the un-stuffing run only when needed."""
+    tests (one pass each at C speed); the regex and the un-stuffing run only when needed. CRs and LFs are
+    counted together (deleted in one pass: a third of the time of the two counts) and are twice the CRLF pairs
+    exactly when there is neither a bare CR nor a bare LF; whether any line starts with a dot is searched from
+    the end (the reverse search is twice as fast here as the forward one, and any match will do)."""
     crlf = raw.count(b"\r\n")
-    canonical = raw.count(b"\r") == crlf
-    if raw.count(b"\n") != crlf:
+    canonical = len(raw) - len(raw.translate(None, b"\r\n")) == 2 * crlf
+    if not canonical and raw.count(b"\n") != crlf:
         raw = _BARE_LF.sub(b"\r\n", raw)
-        canonical = False
     if raw.startswith(b"."):
         raw = raw[1:]
-    if raw.startswith(b".") or raw.find(b"\r\n.") >= 0:
+    if raw.startswith(b".") or raw.rfind(b"\r\n.") >= 0:
         return raw.replace(b"\r\n.", b"\r\n"), False
     return raw, canonical and raw.endswith(b"\r\n")
 
@@ -560,7 +562,9 @@ class HubSMTP(SMTP):
             while True:
                 try:
                     chunk = await reader.readuntil(b".\r\n")
-                    done = (tail + chunk)[-5:] == _TERMINATOR
+                    # the chunk ends with ".\r\n": the end of the data when a line ending comes before it (a
+                    # short chunk is completed by the end of the one before); never a copy of a whole chunk
+                    done = chunk.endswith(_TERMINATOR) if len(chunk) >= 5 else (tail + chunk).endswith(_TERMINATOR)
                 except asyncio.LimitOverrunError as exc:
                     chunk = await reader.readexactly(exc.consumed)
                     done = False
@@ -572,7 +576,7 @@ class HubSMTP(SMTP):
                         parts.clear()
                 if done:
                     break
-                tail = (tail + chunk)[-2:]
+                tail = chunk[-2:] if len(chunk) >= 2 else (tail + chunk)[-2:]
         except asyncio.IncompleteReadError:
             if self.transport is not None:
                 self.transport.close()
@@ -585,10 +589,12 @@ class HubSMTP(SMTP):
             self._refused("message_refused", replies.TOO_BIG, size=size)
             await self.push(replies.TOO_BIG)
             return
+        # strip the terminator: the final ".\r\n" (the CRLF before it belongs to the last line), from the last
+        # chunk read (it ends with it) rather than from the joined message: one copy fewer of a message read whole
+        parts[-1] = parts[-1][:-3]
         raw = b"".join(parts)
         parts.clear()
-        # strip the terminator: the final ".\r\n" (the CRLF before it belongs to the last line)
-        content, canonical = data_content(raw[:-3])
+        content, canonical = data_content(raw)
         self.envelope.hub_canonical = canonical
         self.envelope.content = content
         self.envelope.original_content = content
