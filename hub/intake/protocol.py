@@ -182,7 +182,16 @@ class HubSMTP(SMTP):
         large letter over a slow link arrives whole); aiosmtpd restarts it at each command only."""
         if self._hub_uploading:
             self._reset_timeout()
-        super().data_received(data)
+        wr = self._stream_reader_wr              # StreamReaderProtocol.data_received, without its two calls
+        reader = wr() if wr is not None else None
+        if reader is not None:
+            reader.feed_data(data)
+
+    def _hub_refused_before(self, verb: str) -> bool:
+        """Whether aiosmtpd's checks before MAIL, RCPT or DATA (HELO/EHLO first, AUTH when required) would refuse:
+        they are then run (and answer); the usual case costs no coroutine."""
+        session = self.session
+        return not session.host_name or (self._auth_required and not session.authenticated)
 
     def _create_session(self):
         return HubSession(self.loop)
@@ -430,9 +439,8 @@ class HubSMTP(SMTP):
 
     @functools.wraps(SMTP.smtp_MAIL)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("MAIL"):
+        if self._hub_refused_before("MAIL") and (await self.check_helo_needed()
+                                                   or await self.check_auth_needed("MAIL")):
             return
         split = self._split_path(arg, "FROM:")
         if split is None:
@@ -486,9 +494,8 @@ class HubSMTP(SMTP):
 
     @functools.wraps(SMTP.smtp_RCPT)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("RCPT"):
+        if self._hub_refused_before("RCPT") and (await self.check_helo_needed()
+                                                   or await self.check_auth_needed("RCPT")):
             return
         if not getattr(self.envelope, "hub_mail_started", False):
             await self.push(replies.NEED_MAIL)
@@ -537,9 +544,8 @@ class HubSMTP(SMTP):
     # ---- DATA --------------------------------------------------------------------------------------------------
     @functools.wraps(SMTP.smtp_DATA)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
+        if self._hub_refused_before("DATA") and (await self.check_helo_needed()
+                                                   or await self.check_auth_needed("DATA")):
             return
         if not self.envelope.rcpt_tos:
             await self.push(replies.NEED_RCPT if getattr(self.envelope, "hub_mail_started", False)

@@ -36,7 +36,8 @@ async def test_quit_ends_the_session_and_nothing_pipelined_after_it_runs(start_h
     assert await asyncio.wait_for(c.reader.read(4096), 30) == b""              # closed; no reply after the 221
     c.writer.close()
     c = await _connect(hub)                                                   # the next session is a new one
-    assert (await c.cmd(b"MAIL FROM:<dpi@ch-test.example>"))[1] == "503 5.5.1 Error: send HELO first"
+    for line in (b"MAIL FROM:<dpi@ch-test.example>", b"RCPT TO:<dr.martin@medecin.mssante.fr>", b"DATA"):
+        assert (await c.cmd(line))[1] == "503 5.5.1 Error: send HELO first", line
     await c.close()
 
 
