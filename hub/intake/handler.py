@@ -317,8 +317,9 @@ class IntakeHandler:
                 f" (hub) with {proto} id {message_id}"
                 + (f"\r\n\tfor <{one}>" if one else "") + f"; {formatdate(localtime=True)}\r\n")
         stamp = line.encode("utf-8", "replace")
-        head = envelope.content.split(b"\r\n\r\n", 1)[0]
-        if not _NIL.search(b"\r\n" + head):
+        content = envelope.content
+        end = content.find(b"\r\n\r\n")
+        if not _NIL.search(b"\r\n" + (content if end < 0 else content[:end])):    # the header section only
             stamp += f"X-MSS-NIL: {self.settings.hub.nil}\r\n".encode("ascii", "replace")
         return stamp
 

@@ -66,3 +66,28 @@ def test_common_messages_are_in_wire_form_and_the_others_are_not():
     assert data_content(b"Subject: x\n\nbare\r\n") == (b"Subject: x\r\n\r\nbare\r\n", False)
     assert data_content(b"Subject: x\r\n\r\na\rb\r\n")[1] is False
     assert data_content(b"")[1] is False
+
+
+
+def own_wire_form(data: bytes) -> bool:
+    """Every line ends with CRLF (no bare CR or LF anywhere, CRLF at the end) and no line starts with a dot."""
+    lines = data.split(b"\r\n")
+    return bool(data) and lines[-1] == b"" and not any(b"\r" in line or b"\n" in line or line.startswith(b".")
+                                                        for line in lines[:-1])
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\n\r", b"\r\r\n", b"\r\n.", b"\xe9"]),
+                max_size=40))
+def test_the_wire_form_mark_is_given_to_every_message_already_in_wire_form_and_only_to_such(pieces):
+    """Checked line by line against the counts intake uses: DATA bytes that are their own wire form are marked
+    (the delivery's fast path), and a marked message is its own wire form."""
+    from hub.intake.protocol import data_content
+
+    raw = b"".join(pieces)
+    raw += b"" if not raw or raw.endswith(b"\r\n") else b"\r\n"
+    content, wire_form = data_content(raw)
+    if own_wire_form(raw):
+        assert wire_form
+    if wire_form:
+        assert own_wire_form(content)
