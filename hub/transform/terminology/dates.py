@@ -29,23 +29,32 @@ def norm_ts(value: str, where: str, *, min_len: int = 8) -> str:
     value = value.strip()
     if not value:
         return ""
+    out, problem = _norm_ts(value, min_len)
+    if problem:
+        raise ParseError(problem, where=where)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _norm_ts(value: str, min_len: int) -> tuple[str, str]:
+    """(normalised value, "") or ("", what is wrong): a report repeats its few times at every result."""
     m = _TS.match(value)
     if not m:
-        raise ParseError("invalid date/time (expected YYYYMMDD[HHMM[SS]][+ZZZZ] or ISO 8601)", where=where)
+        return "", "invalid date/time (expected YYYYMMDD[HHMM[SS]][+ZZZZ] or ISO 8601)"
     parts = [p for p in m.groups()[:6] if p is not None]
     digits = "".join(parts)
     if len(digits) < min_len:
-        raise ParseError("date/time is not precise enough (at least YYYYMMDD)", where=where)
+        return "", "date/time is not precise enough (at least YYYYMMDD)"
     try:
         datetime(int(parts[0]), int(parts[1]) if len(parts) > 1 else 1, int(parts[2]) if len(parts) > 2 else 1,
                  int(parts[3]) if len(parts) > 3 else 0, int(parts[4]) if len(parts) > 4 else 0,
                  int(parts[5]) if len(parts) > 5 else 0)
     except ValueError:
-        raise ParseError("invalid date/time (no such day or time)", where=where) from None
+        return "", "invalid date/time (no such day or time)"
     tz = m.group(7) or ""
     if tz and (int(tz[1:3]) > 14 or int(tz[3:]) > 59):
-        raise ParseError("invalid time zone offset in a date/time", where=where)
-    return digits + tz
+        return "", "invalid time zone offset in a date/time"
+    return digits + tz, ""
 
 
 def any_ts(value: str, where: str) -> str:
