@@ -37,11 +37,14 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 42, _WIDTH - 42, _HEIGHT - 48, 54
 _LINE = 12.5
 _GUTTER = 6                                # between two columns
 _COLUMNS = (_LEFT, 235, 355, 465)          # analyte, result, reference, flags
+# (column origins, text widths) of a one-cell row and of a result row
+_ONE = ((_LEFT,), (_RIGHT - _LEFT,))
+_FOUR = (_COLUMNS, tuple(right - left - _GUTTER for left, right in zip(_COLUMNS, (*_COLUMNS[1:], _RIGHT + _GUTTER))))
 
 
 def _latin(text: str) -> str:
     """Helvetica (a standard PDF font) covers Windows-1252: anything else shows as '?'."""
-    return text.encode("cp1252", "replace").decode("cp1252")
+    return text if text.isascii() else text.encode("cp1252", "replace").decode("cp1252")
 
 
 # the two fonts' glyph widths (1/1000 em) by Windows-1252 code: pdfmetrics.stringWidth's result, 10x cheaper
@@ -93,10 +96,8 @@ class _Page:
         """One row: each cell in its column, wrapped to the column's width (and at its own line breaks) over as
         many lines as it needs: nothing the laboratory wrote is cut."""
         font = ("Helvetica-Bold" if bold else "Helvetica", size)
-        xs = (_LEFT,) if len(cells) == 1 else _COLUMNS
-        bounds = (*xs[1:], _RIGHT + _GUTTER)
-        wrapped = [_wrap(_latin(cell), font, right - left - _GUTTER) if cell else []
-                   for left, right, cell in zip(xs, bounds, cells)]
+        xs, widths = _ONE if len(cells) == 1 else _FOUR
+        wrapped = [_wrap(_latin(cell), font, width) if cell else [] for width, cell in zip(widths, cells)]
         for k in range(max(map(len, wrapped), default=0) or 1):
             if self.y < _BOTTOM:
                 self.flush(last=False)
