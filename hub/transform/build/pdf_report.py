@@ -5,8 +5,8 @@ Rendered with ReportLab (`reportlab`, the PDF library; no PDF syntax written her
 laboratory, patient (names, birth date, sex, INS), prescriber, dates, every result with its value, unit, second
 value, reference range and flags (a preliminary one "provisoire", one to come "en cours", a cancelled one "non
 réalisé", a withdrawn one "annulé par le laboratoire" without its value; "Compte rendu partiel" under the title when
-the report is), comments, and who validated it. A4, Helvetica, as many pages as the results need
-(numbered). ReportLab's open-source edition does not write PDF/A (that needs embedded fonts and an output intent,
+the report is), comments, and who validated it. A4, Helvetica (bold lines are Helvetica filled and outlined: one
+font object per PDF, not two), as many pages as the results need (numbered). ReportLab's open-source edition does not write PDF/A (that needs embedded fonts and an output intent,
 only in its commercial edition), so this is a plain PDF 1.4; the text is what the CDA says, so the GP's software
 shows the same report whether it reads the structured entries or the copy.
 
@@ -36,6 +36,7 @@ _WIDTH, _HEIGHT = A4
 _LEFT, _RIGHT, _TOP, _BOTTOM = 42, _WIDTH - 42, _HEIGHT - 48, 54
 _LINE = 12.5
 _GUTTER = 6                                # between two columns
+_BOLD_STROKE = 0.35                        # points: the outline that makes Helvetica bold (~ Helvetica-Bold's weight)
 _COLUMNS = (_LEFT, 235, 355, 465)          # analyte, result, reference, flags
 # (column origins, text widths) of a one-cell row and of a result row
 _ONE = ((_LEFT,), (_RIGHT - _LEFT,))
@@ -48,7 +49,7 @@ def _latin(text: str) -> str:
 
 
 # the two fonts' glyph widths (1/1000 em) by Windows-1252 code: pdfmetrics.stringWidth's result, 10x cheaper
-_WIDTHS = {name: pdfmetrics.getFont(name).widths for name in ("Helvetica", "Helvetica-Bold")}
+_WIDTHS = {name: pdfmetrics.getFont(name).widths for name in ("Helvetica",)}
 
 
 def _width(text: str, font: tuple[str, float]) -> float:
@@ -91,11 +92,12 @@ class _Page:
     def _begin(self) -> None:
         self.text = self.c.beginText()
         self.font: tuple[str, float] | None = None
+        self.bold = False
 
     def line(self, *cells: str, bold: bool = False, size: float = 9) -> None:
         """One row: each cell in its column, wrapped to the column's width (and at its own line breaks) over as
         many lines as it needs: nothing the laboratory wrote is cut."""
-        font = ("Helvetica-Bold" if bold else "Helvetica", size)
+        font = ("Helvetica", size)
         xs, widths = _ONE if len(cells) == 1 else _FOUR
         wrapped = [_wrap(_latin(cell), font, width) if cell else [] for width, cell in zip(widths, cells)]
         for k in range(max(map(len, wrapped), default=0) or 1):
@@ -108,6 +110,9 @@ class _Page:
             if font != self.font:               # a font operator only where the font changes
                 self.text.setFont(*font)
                 self.font = font
+            if bold != self.bold:               # bold: the glyphs filled and outlined (text render mode 2), so
+                self.text.setTextRenderMode(2 if bold else 0)     # every PDF has one font object, not two
+                self.bold = bold
             for x, lines in zip(xs, wrapped):
                 if k < len(lines) and lines[k]:  # each cell placed by its origin: textLine measures no width
                     self.text.setTextOrigin(x, self.y)
@@ -118,6 +123,7 @@ class _Page:
         self.y -= _LINE * n
 
     def flush(self, last: bool) -> None:
+        self.c.setLineWidth(_BOLD_STROKE)
         self.c.drawText(self.text)
         self.c.setFont("Helvetica", 7)
         self.c.drawString(_LEFT, 30, _latin(f"Page {self.number}" + ("" if last else " (suite page suivante)")
