@@ -42,6 +42,9 @@ from hub.intake import replies
 _TERMINATOR = b"\r\n.\r\n"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _ADDR = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
+# `MAIL FROM:dpi@ch.example SIZE=100`: no angle brackets, as older sending software writes it; Postfix takes it
+# (strict_rfc821_envelopes = no, its default): the address is the first word, the parameters follow
+_BARE_ADDR = re.compile(r"^\s*([^<>\s]+)(?:\s+(.*))?$")
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
 _SURROGATE = re.compile("[\ud800-\udfff]")          # undecodable bytes, as aiosmtpd's surrogateescape leaves them
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -560,12 +563,12 @@ class HubSMTP(SMTP):
         arg = self._strip_command_keyword(keyword, arg)
         if arg is None:
             return None
-        m = _ADDR.match(arg)
+        m = _ADDR.match(arg) or _BARE_ADDR.match(arg)
         if not m:
             return None
         address = m.group(1).strip()
         route = _ROUTE.match(address)             # RFC 5321 4.1.1.3: a source route is ignored, never relayed
-        return unquoted(address[route.end():] if route else address), m.group(2)
+        return unquoted(address[route.end():] if route else address), m.group(2) or ""
 
     @functools.wraps(SMTP.smtp_MAIL)                 # keeps aiosmtpd's HELP syntax text
     async def smtp_MAIL(self, arg: str | None) -> None:

@@ -281,3 +281,23 @@ async def test_auth_plain_authorization_identity(start_hub, pki):
     same = base64.b64encode(f"ch-test\0ch-test\0{PASSWORD}".encode())
     assert (await c.cmd(b"AUTH PLAIN " + same))[1] == "235 2.7.0 Authentication successful"
     await c.close()
+
+
+async def test_paths_without_angle_brackets_are_taken_as_postfix_takes_them(start_hub, peer, pki):
+    """`MAIL FROM:dpi@ch-test.example` and `RCPT TO:dr.martin@...` without angle brackets (older DPI and LIS
+    software writes them so; Postfix takes them by default): the same answers and the same delivery as with the
+    brackets, parameters after the address included; what is not one address is still a 501."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    c = await raw(hub, pki)
+    assert (await c.cmd(b"MAIL FROM:" + SENDER + b" SIZE=100"))[1] == "250 2.1.0 Sender OK"
+    assert (await c.cmd(b"RCPT TO:dr.martin@medecin.mssante.fr NOTIFY=FAILURE"))[1] == "250 2.1.5 Recipient OK"
+    assert (await c.cmd(b"RCPT TO: gp@gmail.com"))[1].startswith("550 5.7.1")       # still no relay
+    assert (await c.cmd(b"DATA"))[0] == 354
+    code, text = await c.cmd(HEAD % 1 + b".")
+    assert code == 250, text
+    await wait_for(lambda: len(peer.messages) == 1)
+    assert peer.messages[0].mail_from == "dpi@ch-test.example"
+    assert peer.messages[0].rcpt_tos == ["dr.martin@medecin.mssante.fr"]
+    for line in (b"MAIL FROM:dpi@ch-test.example<x>", b"MAIL FROM:", b"MAIL FROM:dpi@ch-test.example>"):
+        assert (await c.cmd(line))[1].startswith("501 5.5.4"), line
+    await c.close()
