@@ -503,6 +503,9 @@ class HubSMTP(SMTP):
         if self._tls_protocol is not None and not arg:         # aiosmtpd would answer 220 and nest a second TLS
             await self.push("503 5.5.1 TLS already active")
             return
+        if not arg and getattr(self.envelope, "hub_mail_started", False):   # as Postfix: the envelope given in
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")  # clear is not carried into TLS
+            return
         await super().smtp_STARTTLS(arg)
 
     # ---- commands that move no mail -----------------------------------------------------------------------------

@@ -301,3 +301,23 @@ async def test_paths_without_angle_brackets_are_taken_as_postfix_takes_them(star
     for line in (b"MAIL FROM:dpi@ch-test.example<x>", b"MAIL FROM:", b"MAIL FROM:dpi@ch-test.example>"):
         assert (await c.cmd(line))[1].startswith("501 5.5.4"), line
     await c.close()
+
+
+async def test_starttls_in_a_mail_transaction_is_refused(start_hub, conn, pki):
+    """As Postfix: STARTTLS after MAIL (here allowed in clear by the client's network) gets 503 5.5.1, the envelope
+    given in clear is never carried into the TLS session; after RSET the upgrade goes ahead."""
+    from hub.intake import store
+
+    hub = await start_hub({})
+    await store.add_account(conn, "net", password_hash=None, cert_subject=None, networks=["127.0.0.0/8"],
+                            allow_from=["ch-test.example"], fallback_mailbox=None)
+    await hub.accounts.load(conn)
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.smtp_port)
+    c = RawSMTP(reader, writer)
+    assert (await c.reply())[0] == 220
+    assert (await c.cmd(b"EHLO dpi.ch-test.example"))[0] == 250
+    assert (await c.cmd(b"MAIL FROM:<" + SENDER + b">"))[0] == 250
+    assert (await c.cmd(b"STARTTLS"))[1] == "503 5.5.1 Error: MAIL transaction in progress"
+    assert (await c.cmd(b"RSET"))[0] == 250
+    assert (await c.cmd(b"STARTTLS"))[0] == 220
+    writer.close()
