@@ -209,11 +209,13 @@ async def test_bad_parameters_get_enhanced_codes(start_hub, pki):
     hub = await start_hub({})
 
     def probe(s):
-        return s.docmd("MAIL", "FROM:<dpi@ch-test.example> NOTIFY=SOMETIMES"), s.docmd("MAIL", "FROM: nonsense")
+        return (s.docmd("MAIL", "FROM:<dpi@ch-test.example> NOTIFY=SOMETIMES"), s.docmd("MAIL", "FROM:"),
+                s.docmd("MAIL", "FROM: nonsense"))
 
-    (c1, t1), (c2, t2) = await client(hub, pki).session(probe)
+    (c1, t1), (c2, t2), (c3, t3) = await client(hub, pki).session(probe)
     assert c1 == 555 and t1.startswith(b"5.5.4")
     assert c2 == 501 and t2.startswith(b"5.5.4")
+    assert c3 == 553 and t3.startswith(b"5.1.7")     # no brackets: taken as an address, and not one
 
 
 async def test_certificate_login(start_hub, peer, conn, pki):
