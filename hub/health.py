@@ -105,9 +105,9 @@ def export(s: Sample) -> None:
 
 def postmaster_warning(settings, trust) -> str | None:
     """RFC 5321 4.5.1: postmaster must be accepted. `RCPT TO:<Postmaster>` is postmaster at the first hub domain,
-    accepted only when that domain is a destination the hub delivers to (hub.pipeline.Router.deliverable)."""
+    accepted only when that domain is a destination the hub delivers to (TrustSpace.delivers_to)."""
     domain = settings.hub.domains[0].lower()
-    if trust.is_trusted(domain) or trust.is_local(domain):
+    if trust.delivers_to(domain):
         return None
     return (f"postmaster@{domain} has no destination ({domain} is neither in delivery.local_domains nor an "
             "authorised MSSanté domain): RCPT TO:<postmaster> gets 550 5.1.1 (deploy/README.md, Network)")

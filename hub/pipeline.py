@@ -72,11 +72,9 @@ class Router:
         return self.rules.current if self.rules is not None else None
 
     def deliverable(self, address: str) -> bool:
-        """What the delivery stage will deliver (hub.delivery.worker): a trust-space or a local destination. A
-        `delivery.transport` entry is a route, not a permission: a domain with a route only was answered 250 here
-        and then bounced by delivery ("no longer in the MSSanté trust space")."""
-        domain = address.rpartition("@")[2].lower()
-        return self.trust.is_trusted(domain) or self.trust.is_local(domain)
+        """What the delivery stage will deliver (TrustSpace.delivers_to): a domain with a `delivery.transport` route
+        only was answered 250 here and then bounced by delivery ("no longer in the MSSanté trust space")."""
+        return self.trust.delivers_to(address.rpartition("@")[2])
 
     async def resolve(self, pool, rcpt: str):
         domain = rcpt.rpartition("@")[2].lower()
@@ -94,7 +92,7 @@ class Router:
         from hub.rules.engine import Facts, recipient_kind_of
 
         domain = rcpt.rpartition("@")[2].lower()
-        if not (self.trust.is_trusted(domain) or self.trust.is_local(domain) or self.trust.is_hub_domain(domain)
+        if not (self.trust.delivers_to(domain) or self.trust.is_hub_domain(domain)
                 or domain == self.settings.resolution_domain):
             return RcptOutcome(replies.RELAY_DENIED.format(domain=domain))      # never an open relay
         res = await self.resolve(pool, rcpt)

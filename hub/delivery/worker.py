@@ -242,7 +242,7 @@ class DeliveryWorker:
         if poisoned:
             return [Result(r, Outcome("dead", f"recovered {r['recoveries']} times from crashed deliveries"), None)
                     for r in rows]
-        if not (self.trust.is_trusted(domain) or self.trust.is_local(domain)):
+        if not self.trust.delivers_to(domain):
             o = Outcome("permanent", f"550 5.7.1 {domain} is no longer in the MSSanté trust space")
             return [Result(r, o, None) for r in rows]
         if body is None:

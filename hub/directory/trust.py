@@ -239,6 +239,11 @@ class TrustSpace:
     def is_local(self, domain: str) -> bool:
         return normalise_domain(domain) in self.local_domains
 
+    def delivers_to(self, domain: str) -> bool:
+        """A destination the delivery stage delivers to: an authorised MSSanté domain or a local one. A
+        `delivery.transport` route alone is no permission."""
+        return self.is_trusted(domain) or self.is_local(domain)
+
     def operator_dns(self, domain: str) -> frozenset[str]:
         return self._dns.get(normalise_domain(domain), frozenset())
 

@@ -3,7 +3,6 @@ seconds, so login and relay checks never wait on the database."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import time
 
@@ -67,12 +66,7 @@ class AccountBook:
         network-bound account's networks tested each time); at most _COVERING_CACHE addresses are kept."""
         found = self._covering.get(ip)
         if found is None:
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                found = ()
-            else:
-                found = tuple(a for a in self._networked if any(addr in net for net in a.networks))
+            found = tuple(a for a in self._networked if a.covers(ip))
             if len(self._covering) >= _COVERING_CACHE:
                 self._covering.clear()
             self._covering[ip] = found

@@ -343,9 +343,8 @@ class HubSMTP(SMTP):
                 method = self._smtp_methods.get(command)
                 if method is None:
                     bogus_budget -= 1
-                    if bogus_budget < 1:
-                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
-                        self.transport.close()
+                    if bogus_budget < 1:         # aiosmtpd answers 502; closing the connection is a 421
+                        await self.push(replies.TOO_MANY_UNKNOWN)     # (RFC 5321 3.8), which push closes on
                         continue
                     await self.push(f'500 Error: command "{command}" not recognized')
                     continue
@@ -408,8 +407,7 @@ class HubSMTP(SMTP):
         (ENHANCEDSTATUSCODES is offered, RFC 2034): aiosmtpd's own replies (`503 Error: send HELO first`,
         `500 Command line too long`, `221 Bye`...) get their class's code. Control characters a reply would quote
         back from the client go out as `?`; a reply longer than a reply line goes out as a multi-line reply
-        (`_wrapped`); aiosmtpd's `502` before it closes a session sending unknown commands goes out as the `421` a
-        server closing the connection answers (RFC 5321 3.8)."""
+        (`_wrapped`)."""
         status = self._hold(status)
         if status[3:4] == b"-":                      # a continuation line: its reply is not complete yet
             return
@@ -433,8 +431,6 @@ class HubSMTP(SMTP):
             status = status.encode("ascii") if status.isascii() else _ascii(status)
         if _REPLY_CONTROL.search(status):              # client text quoted back (an unknown verb): no CR, no NUL
             status = _REPLY_CONTROL.sub(b"?", status)
-        if status.startswith(b"502 5.5.1 Too many unrecognized"):     # aiosmtpd's, then it closes: that is a 421
-            status = replies.TOO_MANY_UNKNOWN.encode("ascii")
         first = "_hub_replies" not in self.__dict__
         if status[:1] in b"245" and not (status[5:6] == b"." and status[4:5] in b"245") and not first \
                 and not self.__dict__.get("_hub_hello"):
@@ -466,12 +462,10 @@ class HubSMTP(SMTP):
         self.session.extended_smtp = True
         if self.data_size_limit:
             response.append(f"250-SIZE {self.data_size_limit}")
-            self.command_size_limits["MAIL"] += 26
         if not self._decode_data:
             response.append("250-8BITMIME")
         if self.enable_SMTPUTF8:
             response.append("250-SMTPUTF8")
-            self.command_size_limits["MAIL"] += 10
         if self.tls_context and not self._tls_protocol:
             response.append("250-STARTTLS")
         if not self._auth_require_tls or self._tls_protocol:

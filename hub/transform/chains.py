@@ -174,7 +174,7 @@ def _lab_to_cda(ctx: Context, steps: Steps, report: LabReport, name: str, raw: b
     if not any(in_entries(r) for r in report.results):
         raise ParseError("the report has no result to file: every result is still to come, withdrawn, without a "
                          "value or a file reference", where=_RESULT_STATUS.get(report.source, "result status"))
-    if any(r.status.strip().upper() == "C" for r in report.results):
+    if any(r.corrected for r in report.results):
         warnings.append("corrected result(s) (OBX-11 C): sent as a new report, marked 'résultat corrigé'; the report "
                         "they correct is not replaced (no RPLC association)")
     if report.partial:

@@ -8,7 +8,10 @@ Plain frozen dataclasses: no parsing, no I/O, no settings. Dates are kept as the
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+
+from hub.errors import ParseError
 
 # Production and test INS OIDs (FORMATS.md §4.5)
 INS_NIR = "1.2.250.1.213.1.4.8"
@@ -37,6 +40,30 @@ REQUEST_FINAL = frozenset({"", "F", "C"})
 REQUEST_PARTIAL = frozenset({"O", "I", "S", "A", "P", "R"})
 REQUEST_CANCELLED = frozenset({"X"})
 REQUEST_STATES = REQUEST_FINAL | REQUEST_PARTIAL | REQUEST_CANCELLED
+
+
+def request_status(value: str, where: str) -> str:
+    """OBR-25 as read (HL7 and HPRIM Santé): one the hub does not know is refused, never read as final."""
+    status = value.strip().upper()
+    if status not in REQUEST_STATES:
+        raise ParseError(f"OBR-25 (result status) {status[:3]!r} is not a status of HL7 table 0123 "
+                         "(F, C, P, A, I, S, O, R, X)", where=where)
+    return status
+
+
+def result_status(value: str, where: str) -> str:
+    """A result's status as read (HL7 OBX-11, HPRIM Santé OBX-11, HPRIM Net field 9; empty: final): one the hub
+    does not know is refused, never read as final."""
+    status = value.strip().upper() or "F"
+    if status not in RESULT_STATES:
+        raise ParseError(f"result status {status[:3]!r} is not a status of HL7 table 0085 "
+                         "(F, C, U, P, R, S, I, O, X, D, W, N)", where=where)
+    return status
+
+
+def distinct_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """Abnormal flags as read from OBX-8 repeats and components: every one, in order, each once."""
+    return tuple(dict.fromkeys(f.strip() for f in flags if f.strip()))
 
 
 def birth_given_names(first: str, listed: str) -> str:
@@ -139,6 +166,11 @@ class Result:
     def state(self) -> str:
         """FINAL, PRELIMINARY, PENDING, CANCELLED, WITHDRAWN or NOT_ASKED (the parsers refuse other statuses)."""
         return RESULT_STATES.get(self.status.strip().upper(), FINAL)
+
+    @property
+    def corrected(self) -> bool:
+        """OBX-11 C: a final result that corrects one the laboratory sent before."""
+        return self.status.strip().upper() == "C"
 
     @property
     def file_reference(self) -> bool:

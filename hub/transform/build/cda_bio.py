@@ -85,8 +85,9 @@ def _interval(res: Result, unit: str) -> str:
 
 
 def _value(res: Result) -> tuple[str, str]:
-    """(value element, unit used for the range) - PQ when numeric with a UCUM unit (or none), IVL_PQ when it is a
-    bound or a span (`<0.5`, `>=60`, `10-20`), else ST with the unit as the laboratory wrote it. The HPRIM Net second value goes as a PQ translation when its unit is UCUM."""
+    """(value element, unit used for the range) - PQ when numeric with a UCUM unit (or none), IVL_PQ when it is a bound
+    or a span (`<0.5`, `>=60`, `10-20`), else ST with the unit as the laboratory wrote it. The HPRIM Net second value
+    goes as a PQ translation when its unit is UCUM."""
     if _pq(res):
         unit = res.ucum or "1"
         second = (f'<translation value="{x(decimal(res.value2))}" code="{x(res.ucum2)}" '
@@ -164,7 +165,9 @@ def is_date_value(res: Result) -> bool:
 
 
 def date_display(value: str) -> str:
-    """`20250310[0930]` -> `10/03/2025[ 09:30]`: a date as a French reader reads it."""
+    """`20250310[0930]` -> `10/03/2025[ 09:30]`: a date as a French reader reads it (shorter values as they are)."""
+    if len(value) < 8:
+        return value
     out = f"{value[6:8]}/{value[4:6]}/{value[:4]}"
     return out + (f" {value[8:10]}:{value[10:12]}" if len(value) >= 12 and value[8:12].isdigit() else "")
 
@@ -243,6 +246,12 @@ CORRECTED_NOTE = "résultat corrigé"
 PARTIAL_NOTE = "Compte rendu partiel : certains résultats sont provisoires ou en cours."
 
 
+def measured(res: Result) -> bool:
+    """A result shown with its unit, second value and flags (the narrative and the PDF copy): an observation with a
+    value, not a cancelled one."""
+    return in_entries(res) and res.state != CANCELLED
+
+
 def shown_value(res: Result) -> tuple[str, str]:
     """(value as shown, note) for the narrative and the PDF copy: a value that must not be read as a result (to
     come, withdrawn, not asked, a file name) is never shown; the note says what the result is."""
@@ -253,7 +262,7 @@ def shown_value(res: Result) -> tuple[str, str]:
     if res.state == CANCELLED:          # the lab's text, if any, says why (hémolysé, prélèvement insuffisant)
         return res.value, STATE_NOTES[CANCELLED]
     value = date_display(res.value) if is_date_value(res) else res.value
-    if res.status.strip().upper() == "C":
+    if res.corrected:
         return value, CORRECTED_NOTE
     return value, STATE_NOTES.get(res.state, "")
 
@@ -283,7 +292,7 @@ def _narrative(report: LabReport) -> str:
                         for k, c in enumerate(res.comments, 1))
         state = f'<content styleCode="Italics">{x(note)}</content>' if note else ""
         cell = _lines(value) + ("<br/>" if value and state else "") + state
-        full = in_entries(res) and res.state != CANCELLED
+        full = measured(res)
         second = f"<br/>{x(res.value2)} {x(res.unit2)}" if res.value2 and full else ""
         rng2 = (f"<br/>{x(res.range2_low)} - {x(res.range2_high)}" if res.range2_low and res.range2_high else "")
         flags = ", ".join(INTERPRETATION.get(f.upper(), f) for f in res.flags) if full else ""

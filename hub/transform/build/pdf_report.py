@@ -2,13 +2,13 @@
 FR-Document-PDF-copie section in every report).
 
 Rendered with ReportLab (`reportlab`, the PDF library; no PDF syntax written here) from the structured `LabReport`:
-laboratory, patient (names, birth date, sex, INS), prescriber, dates, every result with its value, unit, second
-value, reference range and flags (a preliminary one "provisoire", one to come "en cours", a cancelled one "non
-réalisé", a withdrawn one "annulé par le laboratoire" without its value; "Compte rendu partiel" under the title when
-the report is), comments, and who validated it. A4, Helvetica (bold lines are Helvetica filled and outlined: one
-font object per PDF, not two), as many pages as the results need (numbered). ReportLab's open-source edition does not write PDF/A (that needs embedded fonts and an output intent,
-only in its commercial edition), so this is a plain PDF 1.4; the text is what the CDA says, so the GP's software
-shows the same report whether it reads the structured entries or the copy.
+laboratory, patient (names, birth date, sex, INS), prescriber, dates, every result with its value, unit, second value,
+reference range and flags (a preliminary one "provisoire", one to come "en cours", a cancelled one "non réalisé", a
+withdrawn one "annulé par le laboratoire" without its value; "Compte rendu partiel" under the title when the report is),
+comments, and who validated it. A4, Helvetica (bold lines are Helvetica filled and outlined: one font object per PDF,
+not two), as many pages as the results need (numbered). ReportLab's open-source edition does not write PDF/A (that needs
+embedded fonts and an output intent, only in its commercial edition), so this is a plain PDF 1.4; the text is what the
+CDA says, so the GP's software shows the same report whether it reads the structured entries or the copy.
 
 Deterministic: the same report gives the same bytes (`invariant`: no creation date nor random id), so the XDM ids
 derived from the input stay stable. Pure; reads no settings.
@@ -24,8 +24,8 @@ from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfgen import canvas
 
-from hub.transform.build.cda_bio import PARTIAL_NOTE, in_entries, shown_value, with_unit
-from hub.transform.model import CANCELLED, NOT_ASKED, LabReport, Patient
+from hub.transform.build.cda_bio import PARTIAL_NOTE, date_display, measured, shown_value, with_unit
+from hub.transform.model import NOT_ASKED, LabReport, Patient
 
 rl_config.useA85 = 0          # binary Flate streams: smaller, and no ASCII85 pass (only the hub uses ReportLab)
 TITLE = "Compte rendu d'examens biologiques"
@@ -72,13 +72,6 @@ def _wrap(text: str, font: tuple[str, float], width: float) -> list[str]:
             out.extend(indent + line for line in simpleSplit(part, font[0], font[1], width - len(indent) * 2.5)
                        or [""])
     return out
-
-
-def _date(value: str) -> str:
-    if len(value) < 8:
-        return value
-    out = f"{value[6:8]}/{value[4:6]}/{value[:4]}"
-    return out + (f" {value[8:10]}:{value[10:12]}" if len(value) >= 12 else "")
 
 
 class _Page:
@@ -136,7 +129,7 @@ def _patient_lines(p: Patient) -> list[str]:
     if p.used_family and p.used_family != p.family:
         lines.append(f"Nom utilisé : {p.used_family.upper()}" + (f"  Prénom utilisé : {p.used_given}"
                                                                if p.used_given else ""))
-    born = f"Né(e) le {_date(p.birth_date)}" if p.birth_date else "Date de naissance inconnue"
+    born = f"Né(e) le {date_display(p.birth_date)}" if p.birth_date else "Date de naissance inconnue"
     lines.append(born + (f"  Sexe : {SEX.get(p.sex, p.sex)}" if p.sex else "")
                  + (f"  INS : {p.ins}" if p.ins and p.ins_oid else ""))
     return lines
@@ -164,7 +157,7 @@ def render_report(report: LabReport) -> bytes:
         page.line("Prescripteur : " + " ".join(x for x in (r.given, r.family or r.local_code) if x))
     dates = [("Prélèvement", report.collected_at), ("Réception", report.received_at),
              ("Compte rendu", report.report_date)]
-    page.line("   ".join(f"{k} : {_date(v)}" for k, v in dates if v))
+    page.line("   ".join(f"{k} : {date_display(v)}" for k, v in dates if v))
     if report.order_id:
         page.line(f"Demande n° {report.order_id}")
     page.gap()
@@ -181,7 +174,7 @@ def render_report(report: LabReport) -> bytes:
                 page.line("    " + note)
         battery = res.battery
         shown, note = shown_value(res)
-        full = in_entries(res) and res.state != CANCELLED
+        full = measured(res)
         value = with_unit(shown, res.unit if full else "")
         flags = [FLAGS.get(f.upper(), f) for f in res.flags] if full else []
         page.line(res.label or res.loinc_label or res.local_code, value or note, res.range_display,
@@ -200,7 +193,7 @@ def render_report(report: LabReport) -> bytes:
     page.gap()
     who = " ".join(x for x in (s.given, s.family) if x)
     page.line("Validé par : " + (who or "le biologiste du laboratoire") + (f" (RPPS {s.rpps})" if s.rpps else "")
-              + (f" le {_date(report.validated_at or report.report_date)}" if report.report_date else ""))
+              + (f" le {date_display(report.validated_at or report.report_date)}" if report.report_date else ""))
     page.flush(last=True)
     c.showPage()
     c.save()

@@ -217,9 +217,10 @@ def _uuid4(digest: bytes) -> str:
 
 
 def zip_archive(entries: list[tuple[str, bytes]], stamp: tuple[int, ...]) -> bytes:
-    """The archive `zipfile` writes for these entries (ZipInfo(name, stamp), written in order to a BytesIO), built
-    in one join: entries of STORE_FROM bytes or more, and those under STORE_BELOW, are stored (copied once, into
-    the result); the others deflated (at DEFLATE_LEVEL). No ZIP64: an entry or archive of 4 GiB or more is a struct.error (the hub's inputs are far smaller)."""
+    """The archive `zipfile` writes for these entries (ZipInfo(name, stamp), written in order to a BytesIO), built in
+    one join: entries of STORE_FROM bytes or more, and those under STORE_BELOW, are stored (copied once, into the
+    result); the others deflated (at DEFLATE_LEVEL). No ZIP64: an entry or archive of 4 GiB or more is a struct.error
+    (the hub's inputs are far smaller)."""
     if stamp[0] < 1980:
         raise ValueError("ZIP does not support timestamps before 1980")
     dostime = stamp[3] << 11 | stamp[4] << 5 | stamp[5] // 2

@@ -166,7 +166,8 @@ def read_cda(root: etree._Element) -> CdaInfo:
                      "h:representedOrganization"),
         service_start=_a(_find(svc, "h:effectiveTime/h:low") if svc is not None else None, "value"),
         service_stop=_a(_find(svc, "h:effectiveTime/h:high") if svc is not None else None, "value"),
-        facility_code=_a(_find(root, "h:componentOf/h:encompassingEncounter/h:location/h:healthCareFacility/h:code"), "code"),
+        facility_code=_a(_find(root, "h:componentOf/h:encompassingEncounter/h:location/h:healthCareFacility/"
+                                     "h:code"), "code"),
         practice_setting=_a(setting, "code"),
         level=1 if _find(root, "h:component/h:nonXMLBody") is not None else 3,
         replaces=(_a(rplc, "root") + ("^" + _a(rplc, "extension") if _a(rplc, "extension") else ""))

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, replace
 
 from hub.errors import ParseError
-from hub.transform.model import (INS_OIDS, REQUEST_STATES, RESULT_STATES, Battery, LabReport, Party, Patient,
-                                 Result, birth_given_names, is_loinc_system, is_nir)
+from hub.transform.model import (INS_OIDS, Battery, LabReport, Party, Patient, Result, birth_given_names,
+                                 distinct_flags, is_loinc_system, is_nir, request_status, result_status)
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, is_decimal, norm_ts, parse_range
 
@@ -267,7 +267,7 @@ def read_lab_oru(msg: Er7) -> LabReport:
     counts: list[int] = []
     for seg in msg.segments:
         if seg.name == "OBR":
-            batteries.append(replace(_battery(msg, seg), status=_request_status(seg)))
+            batteries.append(replace(_battery(msg, seg), status=request_status(seg.get(25), seg.where(25))))
             counts.append(0)
         elif seg.name == "OBX":
             if not counts:
@@ -315,16 +315,6 @@ def read_lab_oru(msg: Er7) -> LabReport:
                      source="hl7_oru", batteries=tuple(batteries), pdf=pdf)
 
 
-def _request_status(obr: Segment) -> str:
-    """OBR-25 (result status of the request, HL7 table 0123): a value the hub does not know is refused, never read
-    as final."""
-    status = obr.get(25).strip().upper()
-    if status not in REQUEST_STATES:
-        raise ParseError(f"OBR-25 (result status) {status[:3]!r} is not a status of HL7 table 0123 "
-                         "(F, C, P, A, I, S, O, R, X)", where=obr.where(25))
-    return status
-
-
 def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     kind = seg.get(2) or "ST"
     if kind == "ED":
@@ -336,9 +326,7 @@ def _read_obx(msg: Er7, seg: Segment, battery: int) -> Result:
     if not status:
         raise ParseError("OBX-11 (result status, required) is empty: the message is incomplete (cut in transit?)",
                          where=seg.where(11))
-    if status not in RESULT_STATES:
-        raise ParseError(f"OBX-11 (result status) {status[:3]!r} is not a status of HL7 table 0085 "
-                         "(F, C, U, P, R, S, I, O, X, D, W, N)", where=seg.where(11))
+    status = result_status(status, seg.where(11))
     reps = msg.reps(seg.get(5))               # OBX-5 may repeat (two organisms, the lines of a TX): keep them all
     value = ("\n" if kind in ("TX", "FT") else ", ").join(msg.unescape(r) for r in reps)
     if kind in ("CE", "CWE"):      # what is meant: the text, else the original text (CWE-9), else the alternate's
@@ -382,8 +370,7 @@ _DATES = frozenset({"DT", "TS", "DTM"})
 def _flags(msg: Er7, seg: Segment) -> tuple[str, ...]:
     """OBX-8 repeats (`H~A`: high, and abnormal): every flag, in order, each once (a flag written as components,
     `H^A`, is read the same: none is dropped)."""
-    flags = (c.strip() for rep in msg.reps(seg.get(8)) for c in msg.comps(rep))
-    return tuple(dict.fromkeys(f for f in flags if f))
+    return distinct_flags(c for rep in msg.reps(seg.get(8)) for c in msg.comps(rep))
 
 
 def _sn(msg: Er7, seg: Segment) -> str:

@@ -11,8 +11,8 @@ import re
 from dataclasses import replace
 
 from hub.errors import ParseError
-from hub.transform.model import (REQUEST_STATES, RESULT_STATES, Battery, LabReport, Party, Patient, Result,
-                                 birth_given_names, is_loinc_system, is_nir)
+from hub.transform.model import (Battery, LabReport, Party, Patient, Result, birth_given_names, distinct_flags,
+                                 is_loinc_system, is_nir, request_status, result_status)
 from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import decimal, fr_date, is_decimal, norm_ts, parse_range
 
@@ -180,7 +180,8 @@ def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], f
     biologist = _biologist(d, next((o["rec"] for o in rep["obrs"] if o["rec"].get(32)), first))
     batteries, results = [], []
     for obr in rep["obrs"]:
-        batteries.append(replace(_battery(d, obr["rec"]), status=_request_status(obr["rec"]),
+        rec = obr["rec"]
+        batteries.append(replace(_battery(d, rec), status=request_status(rec.get(25), rec.where(25)),
                                  comments=tuple(obr["comments"])))
         results.extend(Result(**r) for r in obr["results"])
     report_date = next((norm_ts(o["rec"].get(22), o["rec"].where(22)) for o in reversed(rep["obrs"])
@@ -195,29 +196,9 @@ def _report(d: _Delims, rep: dict, sender_c: list[str], receiver_c: list[str], f
         status=first.get(25) or "F", source="hprim_sante", batteries=tuple(batteries))
 
 
-def _request_status(obr: "_Record") -> str:
-    """OBR-25 (status of the request; the letters of HL7 table 0123): one the hub does not know is refused."""
-    status = obr.get(25).strip().upper()
-    if status not in REQUEST_STATES:
-        raise ParseError(f"OBR-25 (result status) {status[:3]!r} is not a known status (F, C, P, A, I, S, O, R, X)",
-                         where=obr.where(25))
-    return status
-
-
-def _result_status(status: str, where: str) -> str:
-    """OBX-11 / HPRIM Net field 9 (HL7 table 0085 letters; empty: final): one the hub does not know is refused,
-    never read as final."""
-    status = status.strip().upper() or "F"
-    if status not in RESULT_STATES:
-        raise ParseError(f"result status {status[:3]!r} is not a known status (F, C, U, P, R, S, I, O, X, D, W, N)",
-                         where=where)
-    return status
-
-
 def _flags(d: "_Delims", value: str) -> tuple[str, ...]:
     """OBX-8, repeated (`H^A` with the usual delimiters) or written as components (`H~A`): every flag, in order."""
-    flags = (c.strip() for rep in value.split(d.rep) for c in d.comps(rep))
-    return tuple(dict.fromkeys(f for f in flags if f))
+    return distinct_flags(c for rep in value.split(d.rep) for c in d.comps(rep))
 
 
 def _xcn(d: _Delims, value: str) -> Party:
@@ -287,7 +268,7 @@ def _result(d: _Delims, rec: _Record, battery: int) -> dict:
             "value_type": kind, "unit": d.unescape(rec.get(6)).strip(), "range_low": low, "range_high": high,
             "range_low_open": low_open, "range_high_open": high_open,
             "range_text": range_text, "flags": _flags(d, rec.get(8)),
-            "status": _result_status(rec.get(11), rec.where(11)),
+            "status": result_status(rec.get(11), rec.where(11)),
             "observed_at": norm_ts(rec.get(14), rec.where(14)), "comments": (), "battery": battery}
 
 
@@ -382,7 +363,7 @@ def _net_result(line: str, where: str) -> Result:
     return Result(local_code=code, label=label, value=decimal(value) if vtype == "NM" and is_decimal(value) else value,
                   value_type=vtype, unit=unit, range_low=lo, range_high=hi, range_low_open=lo_open,
                   range_high_open=hi_open, range_text=text, flags=(flag,) if flag else (),
-                  status=_result_status(status, f"{where}, field 9"),
+                  status=result_status(status, f"{where}, field 9"),
                   value2=decimal(value2) if is_decimal(value2) else value2, unit2=unit2, range2_low=lo2,
                   range2_high=hi2)
 

@@ -1,10 +1,10 @@
 """Text of untrusted documents: decoding, and what no step may record.
 
-`decode_text(data, what)`: HPRIM and HL7 v2 bytes are UTF-8 when they decode strictly, else ISO-8859-1 (the HPRIM
-norm; ISO-8859-15 when the HL7 message says so in MSH-18), read as Windows-1252 when they hold bytes 0x80-0x9F (C1 controls in ISO-8859-1, never text: what Windows lab
-software writes for ’ – œ € …). A NUL byte (or any C0 or C1 control other than tab, CR, LF, VT, FF, FS) never occurs
-in a lab text file: such a file is corrupt or binary, and is refused with a ParseError naming its line (the document
-is never "sanitised" into something the laboratory did not send).
+`decode_text(data, what)`: HPRIM and HL7 v2 bytes are UTF-8 when they decode strictly, else ISO-8859-1 (the HPRIM norm;
+ISO-8859-15 when the HL7 message says so in MSH-18), read as Windows-1252 when they hold bytes 0x80-0x9F (C1 controls in
+ISO-8859-1, never text: what Windows lab software writes for ’ – œ € …). A NUL byte (or any C0 or C1 control other than
+tab, CR, LF, VT, FF, FS) never occurs in a lab text file: such a file is corrupt or binary, and is refused with a
+ParseError naming its line (the document is never "sanitised" into something the laboratory did not send).
 
 `clean(text)`: what a transform step records (warnings, validation results, error messages) goes to the audit trail,
 a PostgreSQL text/jsonb column that cannot store NUL nor lone surrogates: they are replaced by U+FFFD, and the text is
