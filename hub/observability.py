@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -140,6 +141,25 @@ class _UnparsableRequests(logging.Filter):
         return True
 
 
+class _LineLogger:
+    """structlog's output: each record and its newline in ONE write. structlog's PrintLogger `print()`s, which writes
+    the text and the newline separately; with PYTHONUNBUFFERED=1 (as container images often set) each is its own
+    system call, so the line of one process could land between another's record and its newline in the log the
+    supervisor and its workers share: two records on one line, which a JSON-lines reader rejects."""
+
+    def __init__(self, file) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._file.write(message + "\n")
+            self._file.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 def configure_logging(json: bool = True, level: int = logging.INFO) -> None:
     processors = [
         structlog.contextvars.merge_contextvars,
@@ -163,6 +183,6 @@ def configure_logging(json: bool = True, level: int = logging.INFO) -> None:
     structlog.configure(
         processors=processors + [renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=lambda *_: _LineLogger(sys.stderr),
         cache_logger_on_first_use=True,
     )
