@@ -598,7 +598,7 @@ class HubSMTP(SMTP):
         size = params.pop("SIZE", None)
         if size is not None:
             if not isinstance(size, str) or not size.isdigit():
-                await self.push(replies.BAD_PARAM.format(name="SIZE"))
+                await self.push(replies.BAD_PARAM_VALUE.format(name="SIZE"))
                 return
             if self.data_size_limit and int(size) > self.data_size_limit:
                 self._refused("message_refused", replies.TOO_BIG, size=int(size))
@@ -606,17 +606,17 @@ class HubSMTP(SMTP):
                 return
         ret = params.pop("RET", None)
         if ret is not None and (not isinstance(ret, str) or ret.upper() not in ("FULL", "HDRS")):
-            await self.push(replies.BAD_PARAM.format(name="RET"))
+            await self.push(replies.BAD_PARAM_VALUE.format(name="RET"))
             return
         auth = params.pop("AUTH", None)               # RFC 4954 5: taken (the server must), trusted for nothing
         if auth is not None and (not isinstance(auth, str) or len(auth) > 500 or not _XTEXT_VALUE.fullmatch(auth)
                                  or text_problem(xtext_decode(auth))):
-            await self.push(replies.BAD_PARAM.format(name="AUTH"))
+            await self.push(replies.BAD_PARAM_VALUE.format(name="AUTH"))
             return
         envid = params.pop("ENVID", None)
         if envid is not None and (not isinstance(envid, str) or len(envid) > 100 or text_problem(envid)
                                   or text_problem(xtext_decode(envid))):
-            await self.push(replies.BAD_PARAM.format(name="ENVID"))
+            await self.push(replies.BAD_PARAM_VALUE.format(name="ENVID"))
             return
         if params:
             await self.push(replies.BAD_PARAM.format(name=next(iter(params))))
@@ -662,13 +662,13 @@ class HubSMTP(SMTP):
             values = {v.strip().upper() for v in str(notify).split(",")} if isinstance(notify, str) else set()
             if not values or not values <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"} or \
                     ("NEVER" in values and len(values) > 1):
-                await self.push(replies.BAD_PARAM.format(name="NOTIFY"))
+                await self.push(replies.BAD_PARAM_VALUE.format(name="NOTIFY"))
                 return
             notify = ",".join(sorted(values))
         orcpt = params.pop("ORCPT", None)
         if orcpt is not None and (not isinstance(orcpt, str) or not _ORCPT.fullmatch(orcpt) or len(orcpt) > 500
                                   or text_problem(orcpt) or text_problem(xtext_decode(orcpt))):
-            await self.push(replies.BAD_PARAM.format(name="ORCPT"))
+            await self.push(replies.BAD_PARAM_VALUE.format(name="ORCPT"))
             return
         if params:
             await self.push(replies.BAD_PARAM.format(name=next(iter(params))))

@@ -20,7 +20,10 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 QUEUED = "250 2.0.0 queued as {id}"
 BAD_SYNTAX_MAIL = "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]"
 BAD_SYNTAX_RCPT = "501 5.5.4 Syntax: RCPT TO:<address> [parameters]"
-BAD_PARAM = "555 5.5.4 Unsupported or malformed parameter {name}"
+BAD_PARAM = "555 5.5.4 Unsupported parameter {name}"
+# a parameter the hub supports, with a value its RFC does not allow: a syntax error in the arguments (RFC 5321 4.2.2),
+# as Postfix answers ("501 5.5.4 Bad message size syntax"); 555 is for a parameter not offered
+BAD_PARAM_VALUE = "501 5.5.4 Malformed value of parameter {name}"
 NESTED_MAIL = "503 5.5.1 Nested MAIL command"
 NEED_MAIL = "503 5.5.1 Need MAIL command first"
 NEED_RCPT = "503 5.5.1 Need RCPT command first"
