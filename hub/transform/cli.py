@@ -152,5 +152,15 @@ def cmd_check(args, ctx) -> int:
         for f in result.failures:
             print(f"    [{f.schematron}] {f.rule} at {f.location}\n      {f.message}", file=out)
         failed |= not result.ok
-    print("result: " + ("NOT conformant" if failed else "conformant"), file=out)
-    return 1 if failed else 0
+    if failed:
+        print("result: NOT conformant", file=out)
+        return 1
+    unchecked = [name for name, on in (("[transform] cda_schema (the CDA schema)", bool(s.cda_schema)),
+                                       ("[transform] schematron_dir (the ANS rules)",
+                                        registry.context.schematrons.enabled)) if not on]
+    if unchecked:       # nothing failed, but nothing proved the document conformant either: never a green light
+        print(f"result: NOT proven conformant: not checked, as {' and '.join(unchecked)} {'are' if len(unchecked) > 1 else 'is'} not set",
+              file=out)
+        return 1
+    print("result: conformant", file=out)
+    return 0

@@ -1,5 +1,5 @@
 """`hub transform check FILE`: what an operator runs before switching a new lab on; exit 0 conformant, 1 not
-conformant, 2 unusable file (missing, unreadable, not recognised, malformed)."""
+conformant or not proven so (no CDA schema or ANS rules configured), 2 unusable file (missing, unreadable, not recognised, malformed)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,22 @@ def test_a_lab_without_its_constants_exits_1_naming_each_failed_rule(config, cap
     out = capsys.readouterr().out
     assert "[ASIP-STRUCT-MIN-StrucMin.sch]" in out and "at /ClinicalDocument/author/assignedAuthor/id" in out
     assert "result: NOT conformant" in out
+
+
+def test_a_check_that_ran_no_validator_is_never_a_green_light(tmp_path, capsys):
+    """Without the CDA schema or the ANS rules configured, nothing failed but nothing proved the document
+    conformant: the report said "result: conformant" and exited 0, which an operator read as cleared to switch on."""
+    bare = tmp_path / "bare.toml"
+    bare.write_text(f'[transform]\nsenders = "{CORPUS / "senders.toml"}"\n')
+    half = tmp_path / "half.toml"
+    half.write_text(f'[transform]\ncda_schema = "{XSD}"\nsenders = "{CORPUS / "senders.toml"}"\n')
+    sample = str(CORPUS / "hs_alpha_hemato.hpr")
+    assert main(["--config", str(bare), "transform", "check", sample, "--account", "labo-alpha"]) == 1
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith("result: NOT proven conformant") and "cda_schema" in last and "schematron_dir" in last
+    assert main(["--config", str(half), "transform", "check", sample, "--account", "labo-alpha"]) == 1
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert last.startswith("result: NOT proven conformant") and "schematron_dir" in last and "cda_schema" not in last
 
 
 def test_a_letter_with_its_metadata_file(config, tmp_path, capsys):
