@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     c.add_argument("--chain", help="transform chain (default: chosen from what the file carries)")
     c.add_argument("--account", help="the sending account (its sender profile applies)")
     c.add_argument("--metadata", help="a JSON metadata file sent with the document (PDF letters)")
+    c.add_argument("--out", metavar="DIR", help="write what the GP's software would receive into DIR: the mail "
+                   "(message.eml), each CDA (document-N.xml) and the IHE_XDM.zip; DIR is created, files in it are "
+                   "replaced")
     c.set_defaults(run=cmd_check, sync=True)
 
 
@@ -84,6 +87,23 @@ def _chain_for(detection) -> str:
         raise InputError(f"the file carries nothing the hub transforms (detected: {d.kind}); "
                          "expected HPRIM, HL7 v2, a PDF, a CDA or an IHE_XDM.zip")
     return chain
+
+
+def _write_out(directory: Path, message: bytes, out) -> None:
+    """The produced mail and what it carries, for reading before a sender is switched on."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        files = {"message.eml": message}
+        msg = message_from_bytes(message, policy=policy.default)
+        for part in msg.iter_attachments():
+            if part.get_filename() == "IHE_XDM.zip":
+                files["IHE_XDM.zip"] = part.get_content()
+        files.update((f"document-{n}.xml", cda) for n, cda in enumerate(_cdas(message), 1))
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"--out {directory}: cannot write: {exc.strerror}") from None
+    print(f"written to {directory}: {', '.join(files)}", file=out)
 
 
 def _cdas(message: bytes) -> list[bytes]:
@@ -137,6 +157,8 @@ def cmd_check(args, ctx) -> int:
             if not w.startswith("sent although"):      # nothing is sent by a check
                 print(f"    warning: {w}", file=out)
     failed = False
+    if args.out:
+        _write_out(Path(args.out), outcome.message, out)
     for n, cda in enumerate(_cdas(outcome.message), 1):
         root = etree.fromstring(cda)
         templates = [t.get("root") or "" for t in root.findall("{urn:hl7-org:v3}templateId")]

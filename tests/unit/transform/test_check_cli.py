@@ -111,3 +111,19 @@ def test_on_nonconformant_accepts_hold_or_warn_only(tmp_path):
     path.write_text('[transform]\non_nonconformant = "ignore"\n')
     with pytest.raises(ConfigError, match="transform.on_nonconformant: expected hold or warn"):
         load(str(path))
+
+
+def test_out_writes_what_the_gp_would_receive(config, tmp_path, capsys):
+    """--out DIR: the produced mail, its IHE_XDM.zip and each CDA, for reading before a sender is switched on."""
+    out = tmp_path / "produced"
+    assert main(["--config", config, "transform", "check", str(CORPUS / "hs_alpha_hemato.hpr"),
+                 "--account", "labo-alpha", "--out", str(out)]) == 0
+    assert f"written to {out}: message.eml, IHE_XDM.zip, document-1.xml" in capsys.readouterr().out
+    cda = (out / "document-1.xml").read_bytes()
+    assert b"<ClinicalDocument" in cda and b"11502-2" in cda
+    assert (out / "IHE_XDM.zip").read_bytes()[:2] == b"PK" and b"IHE_XDM.zip" in (out / "message.eml").read_bytes()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["--config", config, "transform", "check", str(CORPUS / "hs_alpha_hemato.hpr"),
+                 "--account", "labo-alpha", "--out", str(blocker / "sub")]) == 2
+    assert "--out" in capsys.readouterr().err
