@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from hub.errors import ParseError
@@ -233,18 +234,56 @@ def is_pdf_ed(msg: Er7, value: str) -> bool:
     return ed[2].lower() == "pdf" or ed[1].lower() in ("application/pdf", "pdf")
 
 
-def pdf_of_ed(msg: Er7, seg: Segment) -> bytes:
-    """The PDF an OBX ED carries (OBX-5.5, base64): a ParseError naming OBX-5 when it is not one."""
+def continues_ed(msg: Er7, first: Segment, seg: Segment) -> bool:
+    """Whether OBX `seg` is a further part of the ED value `first` began: a document too big for one field, split
+    over consecutive OBX with the same observation identifier (OBX-3) and the same, non-empty sub-id (OBX-4), as the
+    HL7 rule for one observation over several OBX has it. Each part carries either the full ED
+    (`^AP^PDF^Base64^<part>`) or the bare base64 part."""
+    return (seg.name == "OBX" and seg.get(2) == "ED" and bool(first.get(4).strip())
+            and seg.get(4).strip() == first.get(4).strip()
+            and msg.comps(seg.get(3))[0] == msg.comps(first.get(3))[0])
+
+
+def pdf_of_ed(msg: Er7, seg: Segment, parts: Sequence[Segment] = ()) -> bytes:
+    """The PDF an OBX ED carries (OBX-5.5, base64), with the base64 of the OBX continuing it (`continues_ed`) joined
+    on: a ParseError naming OBX-5 when it is not one."""
     ed = msg.comps(seg.get(5), 5)
     if ed[3].lower() != "base64":
         raise ParseError("the PDF must be base64 (OBX-5.4 Base64)", where=seg.where(5))
+    data = [ed[4]]
+    for part in parts:
+        value = part.get(5)
+        more = msg.comps(value, 5)
+        if msg.cs in value and (more[3].lower() != "base64" or not is_pdf_ed(msg, value)):
+            raise ParseError("a further part of the PDF must be the same ED (^AP^PDF^Base64^...) or bare base64",
+                             where=part.where(5))
+        data.append(more[4] if msg.cs in value else value)
     try:
-        pdf = binascii.a2b_base64(ed[4].encode("ascii"))
+        pdf = binascii.a2b_base64("".join(data).encode("ascii"))
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise ParseError("invalid base64 in OBX-5.5", where=seg.where(5)) from None
     if not pdf.startswith(b"%PDF-"):
         raise ParseError("the document in OBX-5 is not a PDF (no %PDF- signature)", where=seg.where(5))
     return pdf
+
+
+def pdf_documents(msg: Er7) -> list[tuple[Segment, list[Segment]]]:
+    """The OBX ED segments carrying a PDF, each with the OBX that continue it (`continues_ed`: consecutive, only
+    NTE between)."""
+    docs: list[tuple[Segment, list[Segment]]] = []
+    previous: Segment | None = None        # the last part of the PDF being read, while only NTE follow it
+    for seg in msg.segments:
+        if seg.name == "NTE":
+            continue
+        if previous is not None and continues_ed(msg, docs[-1][0], seg):
+            docs[-1][1].append(seg)
+        elif seg.name == "OBX" and seg.get(2) == "ED" and is_pdf_ed(msg, seg.get(5)):
+            docs.append((seg, []))
+        else:
+            previous = None
+            continue
+        previous = seg
+    return docs
 
 
 def read_lab_oru(msg: Er7) -> LabReport:
@@ -264,6 +303,8 @@ def read_lab_oru(msg: Er7) -> LabReport:
     biologist = next((_cnn(msg, o.get(32)) for o in obrs if o.get(32)), Party())
     last = ""
     pdf = b""
+    pdf_docs = {id(first_part): more for first_part, more in pdf_documents(msg)}
+    pdf_parts = {id(part) for more in pdf_docs.values() for part in more}
     counts: list[int] = []
     for seg in msg.segments:
         if seg.name == "OBR":
@@ -273,11 +314,14 @@ def read_lab_oru(msg: Er7) -> LabReport:
             if not counts:
                 raise ParseError("OBX before any OBR", where=seg.where(1))
             counts[-1] += 1
+            if id(seg) in pdf_parts:               # a further part of the lab's PDF (pdf_documents)
+                counts[-1] -= 1
+                continue
             if seg.get(2) == "ED" and is_pdf_ed(msg, seg.get(5)):     # the lab's PDF of the report: its copy
                 if pdf:
                     raise ParseError("ORU^R01 with 2 PDF copies of the report: one per message (which one is the "
                                      "report's?)", where=seg.where(5))
-                pdf = pdf_of_ed(msg, seg)
+                pdf = pdf_of_ed(msg, seg, pdf_docs.get(id(seg), ()))
                 continue
             results.append(_read_obx(msg, seg, len(batteries)))
             xon = msg.comps(seg.get(23), 10)

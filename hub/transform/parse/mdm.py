@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from hub.errors import ParseError
-from hub.transform.parse.hl7v2 import Er7, is_pdf_ed, pdf_of_ed, read_patient
+from hub.transform.parse.hl7v2 import Er7, pdf_documents, pdf_of_ed, read_patient
 from hub.transform.terminology.dates import norm_ts
 
 _LOINC = re.compile(r"^\d{1,7}-\d$")
@@ -29,16 +29,17 @@ def read_mdm(msg: Er7) -> tuple[bytes, dict[str, str]]:
     if status in _UNFINISHED:       # HL7 table 0271: a draft is never sent as the letter
         raise ParseError(f"TXA-17 document completion status {status!r} ({_UNFINISHED[status]}): the document is not "
                          "finished", where=txa.where(17))
-    pdfs = [seg for seg in msg.all("OBX") if seg.get(2) == "ED" and is_pdf_ed(msg, seg.get(5))]
+    pdfs = pdf_documents(msg)       # a PDF split over several OBX (same OBX-3 and OBX-4) is one document
     if len(pdfs) > 1:
         raise ParseError(f"MDM^T02 with {len(pdfs)} PDF documents: one document per message (the others would be "
-                         "lost)", where=pdfs[1].where(5))
+                         "lost)", where=pdfs[1][0].where(5))
     pdf = b""
-    for seg in pdfs:
-        if seg.get(11).strip().upper() in ("P", "I", "D", "X", "W"):
-            raise ParseError(f"OBX-11 result status {seg.get(11).strip().upper()!r}: the document is not final",
-                             where=seg.where(11))
-        pdf = pdf_of_ed(msg, seg)
+    for seg, parts in pdfs:
+        for part in (seg, *parts):
+            if part.get(11).strip().upper() in ("P", "I", "D", "X", "W"):
+                raise ParseError(f"OBX-11 result status {part.get(11).strip().upper()!r}: the document is not final",
+                                 where=part.where(11))
+        pdf = pdf_of_ed(msg, seg, parts)
     if not pdf:
         raise ParseError("MDM^T02 without an OBX ED carrying a PDF (OBX-5 ^application^pdf^Base64^...)",
                          where="OBX")

@@ -218,3 +218,23 @@ def test_a_word_as_a_numeric_result_is_not_given_the_unit(conformant):
     values = {o.find("h:code", NS).get("code"): o.find("h:value", NS).text for o in root.iterfind(".//h:observation", NS)}
     assert (values["2823-3"], values["2345-7"]) == ("non rendu", "180 UA/ml")
     assert "(non rendu) Tj" in pdf_copy(root) and "(180 UA/ml) Tj" in pdf_copy(root)
+
+
+def test_the_labs_pdf_split_over_two_obx_is_its_copy_whole(conformant):
+    """The lab's PDF of a LAB-3 ORU split over consecutive OBX ED with the same OBX-3 and OBX-4 is one copy (before:
+    "ORU^R01 with 2 PDF copies"), and the parts are no results."""
+    import base64
+
+    from tx_support import make_pdf
+
+    pdf = make_pdf(3000)
+    b64 = base64.b64encode(pdf).decode()
+    half = len(b64) // 2
+    ed = (f"OBR|3|CMD-K1|LAB-K1|11502-2^CR d'examens biologiques^LN|||20250402073000+0200|||||||||||||||"
+          f"20250402101000+0200|||F\r"
+          f"OBX|1|ED|11502-2^CR d'examens biologiques^LN|1|^application^pdf^Base64^{b64[:half]}||||||F\r"
+          f"OBX|2|ED|11502-2^CR d'examens biologiques^LN|1|^application^pdf^Base64^{b64[half:]}||||||F")
+    root, out = convert(conformant, kappa().rstrip(b"\r") + b"\r" + ed.encode() + b"\r")
+    assert base64.b64decode(root.find(".//h:observationMedia/h:value", NS).text) == pdf
+    assert len(root.xpath("//h:entry//h:observation[h:templateId/@root='1.3.6.1.4.1.19376.1.3.1.6']",
+                          namespaces=NS)) == 4

@@ -339,3 +339,70 @@ def test_an_mdm_draft_or_one_carrying_two_pdfs_is_refused_not_sent_as_a_final_le
     with pytest.raises(ParseError) as err:
         read_mdm(parse_er7(edit(mdm_t02(pdf), base64.b64encode(pdf))))
     assert err.value.where == where and message in str(err.value)
+
+
+def _split_ed(message: bytes, pdf: bytes, parts: int, *, bare: bool, sub_id: str = "1", between: str = "") -> bytes:
+    """`message` with its one OBX ED PDF split over `parts` consecutive OBX (same OBX-3 and OBX-4), as interface
+    engines with a field-length limit send a big document: each part the full ED, or only the base64."""
+    import base64
+
+    b64 = base64.b64encode(pdf).decode()
+    size = -(-len(b64) // parts)
+    chunks = [b64[i:i + size] for i in range(0, len(b64), size)]
+    head = "^application^pdf^Base64^"
+    lines = []
+    for n, chunk in enumerate(chunks, 1):
+        value = head + chunk if n == 1 or not bare else chunk
+        lines.append(f"OBX|{n}|ED|11490-0^Lettre de liaison^LN|{sub_id}|{value}||||||F")
+        if between and n < len(chunks):
+            lines.append(between)
+    old = f"OBX|1|ED|11490-0^Lettre de liaison^LN||{head}{b64}||||||F".encode()
+    assert old in message
+    return message.replace(old, "\r".join(lines).encode())
+
+
+@pytest.mark.parametrize("parts, bare, between", [(2, False, ""), (3, True, ""), (4, False, "NTE|1||partie")])
+def test_a_pdf_split_over_several_obx_is_one_document(parts, bare, between):
+    """A DPI or an interface engine with a field-length limit splits a big PDF over consecutive OBX with the same
+    OBX-3 and OBX-4 (one observation over several OBX). Before: refused as "MDM^T02 with 2 PDF documents" (each part
+    the full ED), or the first part alone taken (bare base64 parts), which the %%EOF check then refused."""
+    from tx_support import make_pdf, mdm_t02
+
+    from hub.transform.parse.mdm import read_mdm
+
+    pdf = make_pdf(20_000)
+    split = _split_ed(mdm_t02(pdf), pdf, parts, bare=bare, between=between)
+    assert split.count(b"\rOBX|") == parts
+    assert read_mdm(parse_er7(split))[0] == pdf
+
+
+def test_parts_without_a_sub_id_or_of_another_observation_are_not_joined():
+    """Only parts that say they belong together (the same OBX-3 and a non-empty, same OBX-4) are joined: two
+    documents are still two, and refused."""
+    from tx_support import make_pdf, mdm_t02
+
+    from hub.transform.parse.mdm import read_mdm
+
+    pdf = make_pdf(20_000)
+    for split in (_split_ed(mdm_t02(pdf), pdf, 2, bare=False, sub_id=""),
+                  _split_ed(mdm_t02(pdf), pdf, 2, bare=False).replace(b"OBX|2|ED|11490-0^", b"OBX|2|ED|34133-9^")):
+        with pytest.raises(ParseError) as err:
+            read_mdm(parse_er7(split))
+        assert err.value.where == "OBX[2].5" and "2 PDF documents" in str(err.value)
+    bad = _split_ed(mdm_t02(pdf), pdf, 2, bare=False).replace(b"|1|^application^pdf^Base64^", b"|1|^text^plain^A^", 1)
+    with pytest.raises(ParseError):
+        read_mdm(parse_er7(bad))
+
+
+def test_a_split_pdf_letter_reaches_the_gp_whole(registry):
+    import base64
+
+    from tx_support import NOW, make_pdf, mdm_t02
+
+    pdf = make_pdf(20_000)
+    out = registry.apply("pdf_to_cda_n1_xdm", mail((_split_ed(mdm_t02(pdf), pdf, 3, bare=True),
+                                                    "application/hl7-v2", "lettre.hl7")),
+                         {"now": NOW, "metadata": {"org_finess": "920000019", "org_name": "CH Essai"}})
+    [cda] = cdas(out.message)
+    text = etree.fromstring(cda).find(".//{urn:hl7-org:v3}nonXMLBody/{urn:hl7-org:v3}text").text
+    assert base64.b64decode(text) == pdf
