@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any, Mapping
@@ -24,6 +25,7 @@ from typing import Any, Mapping
 from hub.errors import ParseError
 from hub.transform.model import INS_OIDS, DocumentMeta, LabReport, Party, Patient, is_nir
 from hub.transform.parse.mime import header_text
+from hub.transform.parse.text import decode_text
 from hub.transform.terminology.dates import any_ts, fr_date
 from hub.transform.terminology.valuesets import (CONFIDENTIALITY, FACILITY_TYPE, PRACTICE_SETTING, SPECIALTY,
                                                  ValueSets)
@@ -83,12 +85,24 @@ def from_headers(headers: EmailMessage) -> HeaderLayer:
     return HeaderLayer({_LOWER[low]: value for low, value in found.items()})
 
 
+# the ways hospitals' software writes the administrative sex, as the CDA codes it: M, F, U (HL7 v2 table 0001's
+# A, N, O have no CDA code but unknown); compared without accents and case
+_SEX = {**dict.fromkeys(("M", "H", "1", "HOMME", "MASCULIN", "MALE", "MAN"), "M"),
+        **dict.fromkeys(("F", "2", "FEMME", "FEMININ", "FEMALE", "WOMAN"), "F"),
+        **dict.fromkeys(("U", "I", "0", "9", "INCONNU", "INDETERMINE", "UNKNOWN", "A", "N", "O"), "U")}
+
+
 def load_json(data: bytes) -> Any:
     if len(data) > MAX_JSON:
         raise ParseError(f"metadata JSON larger than {MAX_JSON} bytes", where="metadata.json")
     try:
-        obj = json.loads(data.decode("utf-8-sig"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # JSON is UTF-8 (RFC 8259); Windows software also writes a BOM, or Windows-1252 (decode_text's rule: bytes
+        # that are not UTF-8 are ISO-8859-1 / Windows-1252, never guessed further)
+        obj = json.loads(decode_text(data, "JSON"))
+    except ParseError as exc:           # "line N: JSON: control character U+0001 in the text (...)"
+        detail = str(exc).removeprefix(f"{exc.where}: JSON: ")
+        raise ParseError(f"metadata JSON is not valid: {detail}, {exc.where}", where="metadata.json") from None
+    except (ValueError, RecursionError) as exc:
         raise ParseError(f"metadata JSON is not valid: {exc}", where="metadata.json") from None
     if not isinstance(obj, dict):
         raise ParseError("metadata JSON must be an object", where="metadata.json")
@@ -206,10 +220,12 @@ def _check(m: dict[str, str], vs: ValueSets, origin: Mapping[str, str] | None = 
     for key in DATE_KEYS:
         if key in m:
             m[key] = any_ts(m[key], _where(key))
-    sex = m.get("patient_sex", "").upper()
-    if sex and sex not in ("M", "F", "U"):
-        raise ParseError("sex must be M, F or U", where=_where("patient_sex"))
-    if sex:
+    if m.get("patient_sex", "").strip():
+        sex = _SEX.get(unicodedata.normalize("NFKD", m["patient_sex"]).encode("ascii", "ignore").decode()
+                       .strip().upper())
+        if sex is None:
+            raise ParseError("sex must be M, F or U (also read: H, 1, 2, Homme, Femme, Masculin, Féminin, Inconnu; "
+                             "HL7 table 0001)", where=_where("patient_sex"))
         m["patient_sex"] = sex
     cog = m.get("patient_birth_place_cog", "")
     if cog and not re.fullmatch(r"\d[\dAB]\d{3}", cog):

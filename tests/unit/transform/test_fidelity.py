@@ -382,6 +382,33 @@ def test_an_mdm_t02_carrying_the_pdf_is_a_letter(registry):
     assert root.find(".//h:birthplace//h:county", V3).text == "75111"
 
 
+@pytest.mark.parametrize("written, sex", [("F", "F"), ("f", "F"), ("Femme", "F"), ("Féminin", "F"), ("2", "F"),
+                                           ("H", "M"), ("Homme", "M"), ("MASCULIN", "M"), ("1", "M"),
+                                           ("Inconnu", "U"), ("I", "U"), ("Indéterminé", "U")])
+def test_the_sex_as_hospitals_software_writes_it(registry, written, sex):
+    """French DPIs write the sex as H/F, 1/2 or words: each was refused as "sex must be M, F or U"."""
+    import json
+    meta = json.loads(corpus("letter_flat.json"))
+    root, _ = _letter(registry, (json.dumps({**meta, "patient_sex": written}).encode(), "application/json", "m"))
+    gender = root.find("h:recordTarget/h:patientRole/h:patient/h:administrativeGenderCode", V3)
+    assert gender.get("code") == ("UN" if sex == "U" else sex)
+
+
+def test_a_json_in_windows_1252_or_with_a_bom_is_read(registry):
+    """JSON is UTF-8, but Windows software writes a BOM, or Windows-1252: both were refused ("not valid: 'utf-8'
+    codec can't decode"); read by the same rule as lab files (UTF-8 when it decodes, else ISO-8859-1 /
+    Windows-1252). A control character is still refused."""
+    import json
+    meta = {**json.loads(corpus("letter_flat.json")), "patient_family": "LEFÈVRE-ŒUVRE"}
+    text = json.dumps(meta, ensure_ascii=False)
+    for data in (text.encode("cp1252"), b"\xef\xbb\xbf" + text.encode("utf-8")):
+        root, _ = _letter(registry, (data, "application/json", "m.json"))
+        assert root.find(".//h:patient/h:name/h:family", V3).text == "LEFÈVRE-ŒUVRE"
+    with pytest.raises(ParseError) as err:
+        _letter(registry, (text.replace("LEF", "LE\x01F").encode(), "application/json", "m.json"))
+    assert err.value.where == "metadata.json" and "U+0001" in str(err.value) and "LEF" not in str(err.value)
+
+
 @pytest.mark.parametrize("field, value, where", [
     ("patient_birth_date", "1979-02-30", "metadata.patient_birth_date"),
     ("effective_time", "2025-04-02T25:00:00", "metadata.effective_time"),
