@@ -26,7 +26,7 @@ from hub.errors import ParseError
 from hub.transform.model import INS_OIDS, DocumentMeta, LabReport, Party, Patient, is_nir
 from hub.transform.parse.mime import header_text
 from hub.transform.parse.text import decode_text
-from hub.transform.terminology.dates import any_ts, fr_date
+from hub.transform.terminology.dates import any_ts
 from hub.transform.terminology.valuesets import (CONFIDENTIALITY, FACILITY_TYPE, PRACTICE_SETTING, SPECIALTY,
                                                  ValueSets)
 
@@ -213,8 +213,7 @@ def _check(m: dict[str, str], vs: ValueSets, origin: Mapping[str, str] | None = 
             raise ParseError("expected an OID (digits and dots)", where=_where(key))
     if "patient_birth_date" in m:
         raw = m["patient_birth_date"]
-        m["patient_birth_date"] = (fr_date(raw, _where("patient_birth_date")) if "/" in raw
-                                   else any_ts(raw, _where("patient_birth_date"))[:8])
+        m["patient_birth_date"] = any_ts(raw, _where("patient_birth_date"))[:8]
         if len(m["patient_birth_date"]) != 8:
             raise ParseError("expected a full birth date", where=_where("patient_birth_date"))
     for key in DATE_KEYS:

@@ -57,12 +57,25 @@ def _norm_ts(value: str, min_len: int) -> tuple[str, str]:
     return digits + tz, ""
 
 
+# the French way, as hospitals' software exports it: day first, a four-digit year (`02/04/2025 15:12`,
+# `02.04.2025`, `02-04-2025 15:12:30`); local time
+_FRENCH = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4})(?:[ T](\d{1,2})[:h](\d{2})(?::(\d{2}))?)?$")
+
+
 def any_ts(value: str, where: str) -> str:
-    """A date/time as HL7/CDA digits (`20250402151200+0200`) or ISO 8601 (`2025-04-02T15:12:00+02:00`,
-    `2025-04-02`, `...Z`) -> 'YYYYMMDD[HHMM[SS]][+ZZZZ]'. Empty stays empty."""
+    """A date/time as HL7/CDA digits (`20250402151200+0200`), ISO 8601 (`2025-04-02T15:12:00+02:00`,
+    `2025-04-02`, `...Z`) or French, day first with a four-digit year (`02/04/2025 15:12`, `02.04.2025`)
+    -> 'YYYYMMDD[HHMM[SS]][+ZZZZ]'. Empty stays empty."""
     value = value.strip()
     m = _ISO.match(value)
     if not m:
+        fr = _FRENCH.match(value)
+        if fr:
+            d, _, mo, y, hh, mi, ss = fr.groups()
+            return norm_ts(y + mo.zfill(2) + d.zfill(2) + (hh.zfill(2) + mi + (ss or "") if hh else ""), where)
+        if not _TS.match(value):
+            raise ParseError("invalid date/time (expected ISO 8601 such as 2025-04-02T15:12:00+02:00, dd/mm/yyyy "
+                             "[HH:MM[:SS]] or YYYYMMDD[HHMM[SS]][+ZZZZ])", where=where)
         return norm_ts(value, where)
     y, mo, d, hh, mi, ss, zone = m.groups()
     digits = y + mo + d + (hh + mi + (ss or "") if hh else "")

@@ -489,3 +489,29 @@ def test_the_shipped_json_schema_is_the_model_the_hub_reads():
     validator = jsonschema.Draft202012Validator(schema)
     for example in schema["examples"] + [json.loads(corpus("letter_nested.json"))]:
         assert not list(validator.iter_errors(example))
+
+
+@pytest.mark.parametrize("written, birth, effective", [
+    ("15.03.1979", "19790315", None), ("15-03-1979", "19790315", None), ("5/3/1979", "19790305", None),
+    ("02/04/2025 15:12", None, "20250402151200+0200"), ("02.04.2025 15h12", None, "20250402151200+0200"),
+    ("02-04-2025 15:12:30", None, "20250402151230+0200")])
+def test_dates_written_the_french_way_day_first(registry, written, birth, effective):
+    """A French DPI exports `15.03.1979` or `02/04/2025 15:12`: refused before (only dd/mm/yyyy, for the birth date);
+    read day first with a four-digit year, local time."""
+    import json
+    meta = json.loads(corpus("letter_flat.json"))
+    key = "patient_birth_date" if birth else "effective_time"
+    root, _ = _letter(registry, (json.dumps({**meta, key: written}).encode(), "application/json", "m.json"))
+    if birth:
+        assert root.find(".//h:patient/h:birthTime", V3).get("value") == birth
+    else:
+        assert root.find("h:effectiveTime", V3).get("value") == effective
+
+
+@pytest.mark.parametrize("written", ["15/03/79", "03/15/1979", "1979-3-5", "31/02/1979", "le 15 mars"])
+def test_dates_that_are_ambiguous_or_impossible_are_refused_naming_the_key(registry, written):
+    import json
+    meta = json.loads(corpus("letter_flat.json"))
+    with pytest.raises(ParseError) as err:
+        _letter(registry, (json.dumps({**meta, "patient_birth_date": written}).encode(), "application/json", "m"))
+    assert err.value.where == "metadata.patient_birth_date" and written not in str(err.value)
