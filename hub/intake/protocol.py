@@ -749,10 +749,17 @@ class HubSMTP(SMTP):
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
+        # what the handler leaves for after its reply (IntakeHandler: the hand-over to delivery, the log line, the
+        # metrics of a committed message): run once the reply is written, and whatever happens to the write
+        after = self.envelope.__dict__.pop("hub_after_reply", None)
         self._set_post_data_state()
         if status is MISSING or status.startswith("250"):
             self._hub_junk = 0
-        await self.push("250 OK" if status is MISSING else status)
+        try:
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            if after is not None:
+                after()
 
     # ---- AUTH --------------------------------------------------------------------------------------------------
     async def _hub_auth(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
