@@ -38,18 +38,27 @@ _NIL = re.compile(rb"\r\nx-mss-nil:", re.IGNORECASE)
 
 
 def peer_subject(server) -> str | None:
+    """The client certificate's subject (RFC 4514), or None. Parsed once per TLS session (~30 µs a parse; MAIL,
+    its revocation check and DATA each ask): kept on the SMTP session with the TLS object it was read from."""
     transport = server.transport
     if transport is None:
         return None
     sslobj = transport.get_extra_info("ssl_object")
     if sslobj is None:
         return None
+    session = server.session
+    known = getattr(session, "hub_peer_subject", None)
+    if known is not None and known[0] is sslobj:
+        return known[1]
     der = sslobj.getpeercert(binary_form=True)
-    if not der:
-        return None
-    from cryptography import x509
+    subject = None
+    if der:
+        from cryptography import x509
 
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    if session is not None:
+        session.hub_peer_subject = (sslobj, subject)
+    return subject
 
 
 def tls_version(server) -> str | None:

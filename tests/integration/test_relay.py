@@ -234,6 +234,29 @@ async def test_certificate_login(start_hub, peer, conn, pki):
     await wait_for(lambda: peer.messages)
 
 
+async def test_certificate_identifies_every_message_of_its_connection_and_only_it(start_hub, peer, conn, pki):
+    """The certificate's subject is read once per TLS session (kept on the SMTP session): every message of the
+    connection is the certificate's account, logged in by certificate; a connection without one is not."""
+    from cryptography import x509
+
+    subject = x509.load_pem_x509_certificate(pki["establishment"][0].read_bytes()).subject.rfc4514_string()
+    await conn.execute("INSERT INTO account (name, cert_subject, allow_from) VALUES ($1, $2, $3)",
+                       "ch-cert", subject, ["ch-test.example"])
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+
+    def two(s):
+        return [_send(s, SENDER, ["a@medecin.mssante.fr"], message(), [], []) for _ in range(2)]
+
+    ids = [queued_id(r) for r in await Client(hub.smtp_port, pki["ca_file"],
+                                              client_cert=pki["establishment"]).session(two)]
+    for mid in ids:
+        assert await conn.fetchval("SELECT account FROM message WHERE id = $1", mid) == "ch-cert"
+        received = (await timeline(conn, mid))[0]
+        assert received["event"] == "received" and received["facts"]["login"] == "certificate"
+    code, _ = await Client(hub.smtp_port, pki["ca_file"]).send(SENDER, ["a@medecin.mssante.fr"], message())
+    assert code == 530
+
+
 async def test_network_bound_account_needs_no_login(start_hub, peer, conn, pki):
     await conn.execute("INSERT INTO account (name, networks, allow_from) VALUES ($1, $2::cidr[], $3)",
                        "lab-net", ["127.0.0.0/8"], ["labo-ville.example"])
