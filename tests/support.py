@@ -4,6 +4,7 @@ a sender-side MTA that collects notifications, an SMTP client, and a hub started
 from __future__ import annotations
 
 import asyncio
+import os
 import smtplib
 import socket
 import ssl
@@ -18,6 +19,8 @@ from cryptography import x509
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+if not SHARED.exists():                      # a worktree elsewhere: as tests/conftest.py, HUB_SHARED
+    SHARED = Path(os.environ.get("HUB_SHARED", "../shared")).resolve()
 
 
 def free_port() -> int:

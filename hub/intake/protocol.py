@@ -3,7 +3,8 @@
 * DATA is read in large chunks up to the CRLF.CRLF terminator instead of line by line (aiosmtpd's line loop is
   most of a relay's CPU at 100 KB). Only CRLF.CRLF ends the data (no SMTP smuggling with bare LF or CR); bare LF
   line ends are normalised to CRLF so no other MTA downstream can read a different message boundary. Dot-stuffing
-  is undone; the size limit is enforced while reading, and the rest is drained before 552 is answered.
+  is undone; the size limit is enforced while reading, and the rest is drained before 552 is answered. What the
+  handler leaves in `envelope.hub_after_reply` (the work that follows a commit) runs once the DATA reply is written.
 * MAIL and RCPT accept the null sender and the DSN parameters (RFC 3461: RET, ENVID, NOTIFY, ORCPT) besides SIZE
   and BODY, and hand them to the handler parsed; MAIL takes AUTH= (RFC 4954 5) and drops it. `RCPT TO:<Postmaster>`
   (no domain) is handed over as `postmaster`. A quoted local part hiding a dot-atom is unquoted (`"a.b"@x` is
@@ -749,10 +750,17 @@ class HubSMTP(SMTP):
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
+        # what the handler leaves for after its reply (IntakeHandler: the hand-over to delivery, the log line, the
+        # metrics of a committed message): run once the reply is written, and whatever happens to the write
+        after = self.envelope.__dict__.pop("hub_after_reply", None)
         self._set_post_data_state()
         if status is MISSING or status.startswith("250"):
             self._hub_junk = 0
-        await self.push("250 OK" if status is MISSING else status)
+        try:
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            if after is not None:
+                after()
 
     # ---- AUTH --------------------------------------------------------------------------------------------------
     async def _hub_auth(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:

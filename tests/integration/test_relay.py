@@ -4,12 +4,14 @@ require the hub's client certificate, real PostgreSQL."""
 import asyncio
 import email
 import smtplib
+import threading
 
 import pytest
+from structlog.testing import capture_logs
 
 from hub.audit.store import timeline
 from tests.integration.conftest import PASSWORD
-from tests.support import Client, Peer, free_port, message, wait_for
+from tests.support import Client, Peer, _send, free_port, message, wait_for
 
 SENDER = "dpi@ch-test.example"
 
@@ -232,6 +234,29 @@ async def test_certificate_login(start_hub, peer, conn, pki):
     await wait_for(lambda: peer.messages)
 
 
+async def test_certificate_identifies_every_message_of_its_connection_and_only_it(start_hub, peer, conn, pki):
+    """The certificate's subject is read once per TLS session (kept on the SMTP session): every message of the
+    connection is the certificate's account, logged in by certificate; a connection without one is not."""
+    from cryptography import x509
+
+    subject = x509.load_pem_x509_certificate(pki["establishment"][0].read_bytes()).subject.rfc4514_string()
+    await conn.execute("INSERT INTO account (name, cert_subject, allow_from) VALUES ($1, $2, $3)",
+                       "ch-cert", subject, ["ch-test.example"])
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+
+    def two(s):
+        return [_send(s, SENDER, ["a@medecin.mssante.fr"], message(), [], []) for _ in range(2)]
+
+    ids = [queued_id(r) for r in await Client(hub.smtp_port, pki["ca_file"],
+                                              client_cert=pki["establishment"]).session(two)]
+    for mid in ids:
+        assert await conn.fetchval("SELECT account FROM message WHERE id = $1", mid) == "ch-cert"
+        received = (await timeline(conn, mid))[0]
+        assert received["event"] == "received" and received["facts"]["login"] == "certificate"
+    code, _ = await Client(hub.smtp_port, pki["ca_file"]).send(SENDER, ["a@medecin.mssante.fr"], message())
+    assert code == 530
+
+
 async def test_network_bound_account_needs_no_login(start_hub, peer, conn, pki):
     await conn.execute("INSERT INTO account (name, networks, allow_from) VALUES ($1, $2::cidr[], $3)",
                        "lab-net", ["127.0.0.0/8"], ["labo-ville.example"])
@@ -361,3 +386,47 @@ async def test_a_multi_line_reply_goes_out_in_one_write(start_hub, pki):
         assert writes == [b"".join(lines)]
     finally:
         writer.close()
+
+
+async def test_the_250_is_on_the_wire_before_the_hand_over_to_delivery(start_hub, peer, conn, pki):
+    """What follows the commit (hand-over to this process's delivery worker, log line, metrics) runs once the 250
+    is written: the client holds its reply before the hand-over starts. The hand-over below blocks the hub's event
+    loop until the client thread has the reply; had the 250 been held behind it, the client would have nothing."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+    replied = threading.Event()
+    seen: list[bool] = []
+    hand_over = hub.handler.delivery.hand_over
+
+    def observed(*args):
+        seen.append(replied.wait(10))        # a bound for the failing case only: the reply is normally there
+        hand_over(*args)
+
+    hub.handler.delivery.hand_over = observed
+
+    def send(s):
+        reply = _send(s, SENDER, ["dr.martin@medecin.mssante.fr"], message(), [], [])
+        replied.set()
+        return reply
+
+    mid = queued_id(await client(hub, pki).session(send))
+    assert seen == [True]
+    await wait_for(lambda: _state(conn, mid, "done"))          # and the hand-over delivered it
+    assert len(peer.messages) == 1
+
+
+async def test_a_failure_after_the_commit_does_not_change_the_250(start_hub, peer, conn, pki):
+    """Once the message is committed its reply is 250, whatever fails after (here the hand-over to delivery):
+    a 451 then would make the client send it again, a duplicate. The committed message waits for its lease."""
+    hub = await start_hub({"medecin.mssante.fr": peer.port_})
+
+    def broken(*args):
+        raise RuntimeError("hand-over bug")
+
+    hub.handler.delivery.hand_over = broken
+    with capture_logs() as logs:
+        mid = queued_id(await client(hub, pki).send(SENDER, ["dr.martin@medecin.mssante.fr"], message()))
+    assert await conn.fetchval("SELECT count(*) FROM recipient WHERE message_id = $1 AND lease_owner IS NOT NULL",
+                               mid) == 1
+    failed = [e for e in logs if e["event"] == "after_queued_failed"]
+    assert [(e["message_id"], e["error"]) for e in failed] == [(mid, "RuntimeError")]
+    assert not any(e["event"] == "message_queued" for e in logs)
